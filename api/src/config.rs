@@ -1,0 +1,237 @@
+//! The service configuration: read once from the environment at start-up into typed values.
+//!
+//! Every variable has the default of DESIGN.md. A bad value is a [`ConfigError`] naming the
+//! variable, the value and what was expected, so start-up fails with one readable line.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use observability::telemetry::LogFormat;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/users.db?mode=rwc";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    pub pool: PoolConfig,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub run_migrations: bool,
+    pub log_format: LogFormat,
+    pub otel_endpoint: Option<String>,
+    pub otel_service_name: String,
+    pub shutdown_grace: Duration,
+    pub api_tokens: Vec<String>,
+    pub api_read_tokens: Vec<String>,
+    pub cors_allowed_origins: Vec<String>,
+    pub rate_limit_per_second: Option<NonZeroU32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    /// `None` keeps idle connections open forever.
+    pub idle_timeout: Option<Duration>,
+    /// `None` never recycles a connection for its age.
+    pub max_lifetime: Option<Duration>,
+    pub health_check: HealthCheck,
+    /// PostgreSQL only; `None` leaves the server's setting alone.
+    pub statement_timeout: Option<Duration>,
+    pub metrics_interval: Duration,
+    pub slow_query: Duration,
+}
+
+/// When the pool pings a connection before handing it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// Ping every checkout: a round trip per request.
+    Always,
+    /// Ping only connections idle for at least this long: the ones a server, proxy or
+    /// firewall may have dropped meanwhile.
+    IfIdleFor(Duration),
+    Never,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+impl Config {
+    /// Reads the process environment (after `.env`, when present, has been loaded into it).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests can supply variables without
+    /// touching the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let database_url = env.database_url()?;
+        let max_connections = env.number("DB_MAX_CONNECTIONS", 50, 1, 10_000)?;
+        let min_connections = env.number("DB_MIN_CONNECTIONS", 5, 0, 10_000)?;
+        if min_connections > max_connections {
+            return Err(ConfigError {
+                variable: "DB_MIN_CONNECTIONS",
+                value: min_connections.to_string(),
+                expected: format!("at most DB_MAX_CONNECTIONS ({max_connections})"),
+            });
+        }
+        let test_idle = env.secs("DB_TEST_IDLE_SECS", 30, 0)?;
+        let health_check = match env.raw("DB_TEST_BEFORE_ACQUIRE").as_deref() {
+            None | Some("idle") => HealthCheck::IfIdleFor(test_idle),
+            Some("always") => HealthCheck::Always,
+            Some("never") => HealthCheck::Never,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "DB_TEST_BEFORE_ACQUIRE",
+                    value: other.to_owned(),
+                    expected: "one of idle, always, never".to_owned(),
+                });
+            }
+        };
+        let statement_timeout_ms = env.number("DB_STATEMENT_TIMEOUT_MS", 5000, 0, 3_600_000)?;
+        let pool = PoolConfig {
+            max_connections,
+            min_connections,
+            acquire_timeout: env.secs("DB_ACQUIRE_TIMEOUT_SECS", 3, 1)?,
+            idle_timeout: nonzero(env.secs("DB_IDLE_TIMEOUT_SECS", 600, 0)?),
+            max_lifetime: nonzero(env.secs("DB_MAX_LIFETIME_SECS", 1800, 0)?),
+            health_check,
+            statement_timeout: nonzero(Duration::from_millis(statement_timeout_ms.into())),
+            metrics_interval: env.secs("DB_POOL_METRICS_INTERVAL_SECS", 10, 1)?,
+            slow_query: Duration::from_millis(env.number("DB_SLOW_QUERY_MS", 200, 0, 3_600_000)?.into()),
+        };
+        let log_format = match env.raw("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "LOG_FORMAT",
+                    value: other.to_owned(),
+                    expected: "pretty or json".to_owned(),
+                });
+            }
+        };
+        Ok(Self {
+            database_url,
+            pool,
+            http_addr: env.parsed("HTTP_ADDR", "127.0.0.1:8080", "a socket address such as 127.0.0.1:8080")?,
+            admin_addr: env.parsed("ADMIN_ADDR", "127.0.0.1:9464", "a socket address such as 127.0.0.1:9464")?,
+            run_migrations: env.boolean("RUN_MIGRATIONS", true)?,
+            log_format,
+            otel_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            otel_service_name: env.raw("OTEL_SERVICE_NAME").unwrap_or_else(|| "user-service".to_owned()),
+            shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 20, 0)?,
+            api_tokens: env.list("API_TOKENS"),
+            api_read_tokens: env.list("API_READ_TOKENS"),
+            cors_allowed_origins: env.list("CORS_ALLOWED_ORIGINS"),
+            rate_limit_per_second: match env.raw("RATE_LIMIT_PER_SECOND") {
+                None => None,
+                Some(_) => NonZeroU32::new(env.number("RATE_LIMIT_PER_SECOND", 0, 1, 1_000_000)?),
+            },
+        })
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    /// The value, trimmed; an empty value counts as unset, as in most `.env` tooling.
+    fn raw(&self, variable: &str) -> Option<String> {
+        (self.0)(variable)
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    }
+
+    fn database_url(&self) -> Result<String, ConfigError> {
+        let url = self
+            .raw("DATABASE_URL")
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let scheme_ok = ["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        if scheme_ok {
+            Ok(url)
+        } else {
+            Err(ConfigError {
+                variable: "DATABASE_URL",
+                // The URL may hold a password: show only its scheme.
+                value: url.split(':').next().unwrap_or_default().to_owned() + ":...",
+                expected: "a postgres://, postgresql:// or sqlite: URL".to_owned(),
+            })
+        }
+    }
+
+    fn number(&self, variable: &'static str, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+        let Some(value) = self.raw(variable) else {
+            return Ok(default);
+        };
+        value
+            .parse::<u32>()
+            .ok()
+            .filter(|number| (min..=max).contains(number))
+            .ok_or_else(|| ConfigError {
+                variable,
+                value,
+                expected: format!("a whole number from {min} to {max}"),
+            })
+    }
+
+    fn secs(&self, variable: &'static str, default: u32, min: u32) -> Result<Duration, ConfigError> {
+        self.number(variable, default, min, 86_400 * 7)
+            .map(|secs| Duration::from_secs(secs.into()))
+    }
+
+    fn boolean(&self, variable: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(variable).map(|value| value.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(value) => match value.as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError {
+                    variable,
+                    value,
+                    expected: "true or false".to_owned(),
+                }),
+            },
+        }
+    }
+
+    fn parsed<T: FromStr>(&self, variable: &'static str, default: &str, expected: &str) -> Result<T, ConfigError> {
+        let value = self.raw(variable).unwrap_or_else(|| default.to_owned());
+        value.parse().map_err(|_| ConfigError {
+            variable,
+            value,
+            expected: expected.to_owned(),
+        })
+    }
+
+    fn list(&self, variable: &str) -> Vec<String> {
+        self.raw(variable)
+            .map(|value| {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,69 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use sea_orm::DatabaseConnection;
+
+use crate::error::{ApiError, Errors, error_set};
+
+/// How long readiness waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+error_set!(ReadyErrors: 503);
+
+#[derive(Tags)]
+enum HealthTags {
+    /// Probes for orchestrators and load balancers.
+    Health,
+}
+
+#[derive(Object)]
+struct Status {
+    /// `ok`.
+    status: String,
+}
+
+#[derive(ApiResponse)]
+enum Healthy {
+    #[oai(status = 200)]
+    Ok(Json<Status>),
+}
+
+fn ok() -> Healthy {
+    Healthy::Ok(Json(Status {
+        status: "ok".to_owned(),
+    }))
+}
+
+pub struct HealthApi {
+    db: DatabaseConnection,
+}
+
+impl HealthApi {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[OpenApi(tag = "HealthTags::Health")]
+impl HealthApi {
+    /// The process is up.
+    #[oai(path = "/health/live", method = "get", operation_id = "live")]
+    async fn live(&self) -> Healthy {
+        ok()
+    }
+
+    /// The database answers within a second.
+    #[oai(path = "/health/ready", method = "get", operation_id = "ready")]
+    async fn ready(&self) -> Result<Healthy, Errors<ReadyErrors>> {
+        match tokio::time::timeout(READY_TIMEOUT, self.db.ping()).await {
+            Ok(Ok(())) => Ok(ok()),
+            _ => Err(ApiError::DatabaseUnavailable {
+                retry_after: READY_TIMEOUT,
+            }
+            .into()),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The user service: [`build`] wires configuration, database and routes into an [`App`];
+//! [`run`] serves it until a shutdown signal. `main.rs` and the tests call exactly these.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod users;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use poem::endpoint::BoxEndpoint;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::{EndpointExt, Route, Server};
+use poem_openapi::OpenApiService;
+use sea_orm::{DatabaseConnection, DbErr};
+
+use crate::config::Config;
+use crate::health::HealthApi;
+use crate::users::repository::{OPERATIONS, UserRepository};
+use crate::users::routes::UsersApi;
+
+/// A built service: connected, migrated, ready to serve.
+pub struct App {
+    config: Config,
+    db: DatabaseConnection,
+    public: BoxEndpoint<'static>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] DbErr),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[source] DbErr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// The two bound listeners: the public API and the admin endpoints (`/metrics`).
+pub struct Listeners {
+    pub public: TcpAcceptor,
+    pub admin: TcpAcceptor,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config` (port 0 picks a free port, for tests).
+    pub async fn bind(config: &Config) -> Result<Self, StartupError> {
+        Ok(Self {
+            public: bind(config.http_addr).await?,
+            admin: bind(config.admin_addr).await?,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        local_addr(&self.public)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        local_addr(&self.admin)
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpAcceptor, StartupError> {
+    TcpListener::bind(addr)
+        .into_acceptor()
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+fn local_addr(acceptor: &TcpAcceptor) -> SocketAddr {
+    acceptor
+        .local_addr()
+        .first()
+        .and_then(|addr| addr.as_socket_addr().copied())
+        .expect("a TCP acceptor has a socket address")
+}
+
+pub async fn build(config: Config) -> Result<App, StartupError> {
+    let db = db::connect(&config).await.map_err(StartupError::Connect)?;
+    if config.run_migrations {
+        db::migrate(&db).await.map_err(StartupError::Migrate)?;
+    }
+    observability::db::register_operations(&OPERATIONS);
+    let public = routes(&config, db.clone());
+    Ok(App { config, db, public })
+}
+
+impl App {
+    /// The public route tree, for poem's test client.
+    pub fn endpoint(&self) -> &BoxEndpoint<'static> {
+        &self.public
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+fn api_service(config: &Config, db: DatabaseConnection) -> OpenApiService<(UsersApi, HealthApi), ()> {
+    let users = UsersApi::new(UserRepository::new(db.clone()), config.pool.acquire_timeout);
+    OpenApiService::new((users, HealthApi::new(db)), "user-service", env!("CARGO_PKG_VERSION"))
+        .description("Users: create, read, look up by email, list and search, update, delete.")
+}
+
+/// The OpenAPI document the service serves at `/openapi.json`.
+pub fn openapi_spec() -> String {
+    let config = Config::from_lookup(|_| None).expect("the defaults are valid");
+    api_service(&config, DatabaseConnection::default()).spec()
+}
+
+fn routes(config: &Config, db: DatabaseConnection) -> BoxEndpoint<'static> {
+    let api = api_service(config, db);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let route = Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs);
+    http::problem_errors(http::limit_body(route)).boxed()
+}
+
+/// Serves `app` until SIGINT or SIGTERM, then drains in-flight requests.
+pub async fn run(app: App, listeners: Listeners) -> io::Result<()> {
+    run_until(app, listeners, shutdown_signal()).await
+}
+
+/// Serves `app` until `shutdown` completes: stops accepting, lets in-flight requests finish
+/// within `SHUTDOWN_GRACE_SECS`, then closes the pool.
+pub async fn run_until(
+    app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let App { config, db, public } = app;
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = Route::new().at("/metrics", poem::endpoint::make_sync(|_| "# metrics: see issue 3\n"));
+    let admin_server = tokio::spawn(
+        Server::new_with_acceptor(listeners.admin).run_with_graceful_shutdown(
+            admin,
+            async {
+                let _ = admin_stopped.await;
+            },
+            Some(config.shutdown_grace),
+        ),
+    );
+    let served = Server::new_with_acceptor(listeners.public)
+        .run_with_graceful_shutdown(public, shutdown, Some(config.shutdown_grace))
+        .await;
+    let _ = stop_admin.send(());
+    let _ = admin_server.await;
+    if let Err(error) = db.close().await {
+        tracing::warn!(%error, "closing the database pool failed");
+    }
+    tracing::info!("stopped");
+    served
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received: draining in-flight requests");
+}

@@ -1,0 +1,7 @@
+//! The users resource.
+
+pub mod cursor;
+pub mod etag;
+pub mod model;
+pub mod repository;
+pub mod routes;

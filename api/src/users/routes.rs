@@ -1,0 +1,252 @@
+//! The users endpoints: HTTP in, one repository call, HTTP out. No SQL here.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi, Tags};
+use uuid::Uuid;
+
+use super::cursor::{Cursor, Order};
+use super::etag::{etag, if_match, none_match};
+use super::model::{CreateUserRequest, UpdateUserRequest, User, UserPage};
+use super::repository::{ListQuery, RepoError, UserChanges, UserRepository};
+use crate::error::{ApiError, Errors, error_set};
+
+const DEFAULT_LIMIT: u32 = 50;
+
+error_set!(CreateErrors: 400, 401, 403, 409, 413, 415, 429, 500, 503);
+error_set!(ReadErrors: 400, 401, 403, 404, 429, 500, 503);
+error_set!(ListErrors: 400, 401, 403, 429, 500, 503);
+error_set!(UpdateErrors: 400, 401, 403, 404, 409, 412, 413, 415, 429, 500, 503);
+error_set!(DeleteErrors: 400, 401, 403, 404, 412, 429, 500, 503);
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Create, read, look up, list, update and delete users.
+    Users,
+}
+
+#[derive(ApiResponse)]
+enum Created {
+    /// The user was created.
+    #[oai(status = 201)]
+    Created(
+        Json<User>,
+        /// The new user's URL.
+        #[oai(header = "Location")]
+        String,
+        /// The user's version, for `If-Match` on later writes.
+        #[oai(header = "ETag")]
+        String,
+    ),
+}
+
+#[derive(ApiResponse)]
+enum Found {
+    /// The user.
+    #[oai(status = 200)]
+    Ok(Json<User>, #[oai(header = "ETag")] String),
+    /// The user is unchanged since the version in `If-None-Match`.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+}
+
+#[derive(ApiResponse)]
+enum LookedUp {
+    /// The user with this email.
+    #[oai(status = 200)]
+    Ok(Json<User>, #[oai(header = "ETag")] String),
+}
+
+#[derive(ApiResponse)]
+enum Listed {
+    /// A page of users.
+    #[oai(status = 200)]
+    Ok(Json<UserPage>),
+}
+
+#[derive(ApiResponse)]
+enum Updated {
+    /// The user after the update.
+    #[oai(status = 200)]
+    Ok(Json<User>, #[oai(header = "ETag")] String),
+}
+
+#[derive(ApiResponse)]
+enum Deleted {
+    /// The user was deleted.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+pub struct UsersApi {
+    repository: UserRepository,
+    /// How long a client should wait before retrying when the database is unavailable.
+    retry_after: Duration,
+}
+
+impl UsersApi {
+    pub fn new(repository: UserRepository, retry_after: Duration) -> Self {
+        Self {
+            repository,
+            retry_after,
+        }
+    }
+
+    fn fail(&self, error: RepoError) -> ApiError {
+        match error {
+            RepoError::NotFound => ApiError::UserNotFound,
+            RepoError::EmailTaken => ApiError::EmailTaken,
+            RepoError::VersionMismatch => ApiError::VersionMismatch,
+            RepoError::Unavailable(_) => ApiError::DatabaseUnavailable {
+                retry_after: self.retry_after,
+            },
+            RepoError::Other(_) => ApiError::Internal,
+        }
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Users")]
+impl UsersApi {
+    /// Create a user.
+    #[oai(path = "/users", method = "post", operation_id = "createUser")]
+    async fn create(&self, body: Json<CreateUserRequest>) -> Result<Created, Errors<CreateErrors>> {
+        let user = self
+            .repository
+            .create(body.0.into())
+            .await
+            .map_err(|error| self.fail(error))?;
+        let location = format!("/api/v1/users/{}", user.id);
+        let tag = etag(user.version);
+        Ok(Created::Created(Json(user.into()), location, tag))
+    }
+
+    /// Get a user by id.
+    #[oai(path = "/users/:id", method = "get", operation_id = "getUser")]
+    async fn get(
+        &self,
+        id: Path<Uuid>,
+        /// Answer 304 when the user still has one of these versions (weak comparison).
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Found, Errors<ReadErrors>> {
+        let user = self
+            .repository
+            .find_by_id(id.0)
+            .await
+            .map_err(|error| self.fail(error))?;
+        let tag = etag(user.version);
+        if none_match(if_none_match.0.as_deref(), user.version) {
+            return Ok(Found::NotModified(tag));
+        }
+        Ok(Found::Ok(Json(user.into()), tag))
+    }
+
+    /// Look up a user by email, case-insensitively.
+    #[oai(path = "/users/lookup", method = "get", operation_id = "lookupUserByEmail")]
+    async fn lookup(
+        &self,
+        #[oai(validator(max_length = 254, pattern = r"^[^\x00]*$"))] email: Query<String>,
+    ) -> Result<LookedUp, Errors<ReadErrors>> {
+        let user = self
+            .repository
+            .find_by_email(&email.0)
+            .await
+            .map_err(|error| self.fail(error))?;
+        let tag = etag(user.version);
+        Ok(LookedUp::Ok(Json(user.into()), tag))
+    }
+
+    /// List users, newest first, one page at a time.
+    ///
+    /// With `updated_since`, lists the users changed at or after that time, oldest change
+    /// first, for incremental sync. Pass a page's `next_cursor` as `cursor` for the next page,
+    /// with the same `name_prefix` and `updated_since`.
+    #[oai(path = "/users", method = "get", operation_id = "listUsers")]
+    async fn list(
+        &self,
+        /// Page size, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<Option<u32>>,
+        /// The `next_cursor` of the previous page.
+        #[oai(validator(max_length = 64))]
+        cursor: Query<Option<String>>,
+        /// Only users whose name starts with this, case-insensitively.
+        #[oai(validator(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$"))]
+        name_prefix: Query<Option<String>>,
+        /// Only users changed at or after this time (RFC 3339).
+        updated_since: Query<Option<DateTime<Utc>>>,
+    ) -> Result<Listed, Errors<ListErrors>> {
+        let order = match updated_since.0 {
+            Some(_) => Order::UpdatedAsc,
+            None => Order::CreatedDesc,
+        };
+        let after = match cursor.0.as_deref() {
+            None => None,
+            Some(text) => match Cursor::decode(text) {
+                Ok(cursor) if cursor.order == order => Some(cursor),
+                Ok(_) => {
+                    return Err(ApiError::invalid_field(
+                        "cursor",
+                        "belongs to a listing with a different updated_since",
+                    )
+                    .into());
+                }
+                Err(error) => return Err(ApiError::invalid_field("cursor", error.to_string()).into()),
+            },
+        };
+        let query = ListQuery {
+            limit: limit.0.unwrap_or(DEFAULT_LIMIT).into(),
+            after,
+            name_prefix: name_prefix.0,
+            updated_since: updated_since.0,
+        };
+        let page = self
+            .repository
+            .list(query)
+            .await
+            .map_err(|error| self.fail(error))?;
+        Ok(Listed::Ok(Json(UserPage {
+            items: page.items.into_iter().map(User::from).collect(),
+            next_cursor: page.next.map(|cursor| cursor.encode()),
+        })))
+    }
+
+    /// Update a user's email or name.
+    #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
+    async fn update(
+        &self,
+        id: Path<Uuid>,
+        /// Update only if the user still has this version (strong comparison; `*` for any).
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<String>>,
+        body: Json<UpdateUserRequest>,
+    ) -> Result<Updated, Errors<UpdateErrors>> {
+        let changes = UserChanges::try_from(body.0)?;
+        let user = self
+            .repository
+            .update(id.0, changes, if_match(if_match_header.0.as_deref()))
+            .await
+            .map_err(|error| self.fail(error))?;
+        let tag = etag(user.version);
+        Ok(Updated::Ok(Json(user.into()), tag))
+    }
+
+    /// Delete a user.
+    #[oai(path = "/users/:id", method = "delete", operation_id = "deleteUser")]
+    async fn delete(
+        &self,
+        id: Path<Uuid>,
+        /// Delete only if the user still has this version (strong comparison; `*` for any).
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<String>>,
+    ) -> Result<Deleted, Errors<DeleteErrors>> {
+        self.repository
+            .delete(id.0, if_match(if_match_header.0.as_deref()))
+            .await
+            .map_err(|error| self.fail(error))?;
+        Ok(Deleted::NoContent)
+    }
+}

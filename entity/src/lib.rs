@@ -1,0 +1,3 @@
+//! SeaORM entities of the user service.
+
+pub mod users;

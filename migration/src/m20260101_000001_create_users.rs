@@ -1,0 +1,41 @@
+use sea_orm_migration::{prelude::*, schema::*};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Users::Table)
+                    .if_not_exists()
+                    .col(uuid(Users::Id).primary_key())
+                    .col(text(Users::Email))
+                    .col(text(Users::Name))
+                    .col(timestamp_with_time_zone(Users::CreatedAt))
+                    .col(timestamp_with_time_zone(Users::UpdatedAt))
+                    .col(big_integer(Users::Version))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(Users::Table).to_owned())
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum Users {
+    Table,
+    Id,
+    Email,
+    Name,
+    CreatedAt,
+    UpdatedAt,
+    Version,
+}
