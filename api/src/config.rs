@@ -107,7 +107,9 @@ impl Config {
             health_check,
             statement_timeout: nonzero(Duration::from_millis(statement_timeout_ms.into())),
             metrics_interval: env.secs("DB_POOL_METRICS_INTERVAL_SECS", 10, 1)?,
-            slow_query: Duration::from_millis(env.number("DB_SLOW_QUERY_MS", 200, 0, 3_600_000)?.into()),
+            slow_query: Duration::from_millis(
+                env.number("DB_SLOW_QUERY_MS", 200, 0, 3_600_000)?.into(),
+            ),
         };
         let log_format = match env.raw("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
@@ -123,12 +125,22 @@ impl Config {
         Ok(Self {
             database_url,
             pool,
-            http_addr: env.parsed("HTTP_ADDR", "127.0.0.1:8080", "a socket address such as 127.0.0.1:8080")?,
-            admin_addr: env.parsed("ADMIN_ADDR", "127.0.0.1:9464", "a socket address such as 127.0.0.1:9464")?,
+            http_addr: env.parsed(
+                "HTTP_ADDR",
+                "127.0.0.1:8080",
+                "a socket address such as 127.0.0.1:8080",
+            )?,
+            admin_addr: env.parsed(
+                "ADMIN_ADDR",
+                "127.0.0.1:9464",
+                "a socket address such as 127.0.0.1:9464",
+            )?,
             run_migrations: env.boolean("RUN_MIGRATIONS", true)?,
             log_format,
             otel_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            otel_service_name: env.raw("OTEL_SERVICE_NAME").unwrap_or_else(|| "user-service".to_owned()),
+            otel_service_name: env
+                .raw("OTEL_SERVICE_NAME")
+                .unwrap_or_else(|| "user-service".to_owned()),
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 20, 0)?,
             api_tokens: env.list("API_TOKENS"),
             api_read_tokens: env.list("API_READ_TOKENS"),
@@ -178,7 +190,13 @@ impl Env<'_> {
         }
     }
 
-    fn number(&self, variable: &'static str, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+    fn number(
+        &self,
+        variable: &'static str,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> Result<u32, ConfigError> {
         let Some(value) = self.raw(variable) else {
             return Ok(default);
         };
@@ -193,7 +211,12 @@ impl Env<'_> {
             })
     }
 
-    fn secs(&self, variable: &'static str, default: u32, min: u32) -> Result<Duration, ConfigError> {
+    fn secs(
+        &self,
+        variable: &'static str,
+        default: u32,
+        min: u32,
+    ) -> Result<Duration, ConfigError> {
         self.number(variable, default, min, 86_400 * 7)
             .map(|secs| Duration::from_secs(secs.into()))
     }
@@ -213,7 +236,12 @@ impl Env<'_> {
         }
     }
 
-    fn parsed<T: FromStr>(&self, variable: &'static str, default: &str, expected: &str) -> Result<T, ConfigError> {
+    fn parsed<T: FromStr>(
+        &self,
+        variable: &'static str,
+        default: &str,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
         let value = self.raw(variable).unwrap_or_else(|| default.to_owned());
         value.parse().map_err(|_| ConfigError {
             variable,

@@ -10,8 +10,9 @@ use crate::config::{Config, HealthCheck, PoolConfig};
 
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     if config.is_sqlite() {
-        create_sqlite_directory(&config.database_url)
-            .map_err(|error| DbErr::Custom(format!("cannot create the SQLite directory: {error}")))?;
+        create_sqlite_directory(&config.database_url).map_err(|error| {
+            DbErr::Custom(format!("cannot create the SQLite directory: {error}"))
+        })?;
     }
     let pool = &config.pool;
     let mut options = ConnectOptions::new(&config.database_url);

@@ -147,9 +147,8 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::RateLimited { retry_after } | ApiError::DatabaseUnavailable { retry_after } => {
-                Some(*retry_after)
-            }
+            ApiError::RateLimited { retry_after }
+            | ApiError::DatabaseUnavailable { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -192,7 +191,9 @@ impl ApiError {
             StatusCode::NOT_FOUND => ApiError::RouteNotFound,
             StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: crate::http::BODY_LIMIT },
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+                limit: crate::http::BODY_LIMIT,
+            },
             _ => ApiError::Internal,
         }
     }
@@ -201,11 +202,13 @@ impl ApiError {
 /// The field a poem-openapi parse error names ("field `email` verification failed",
 /// "failed to parse parameter `limit`"), for the problem's `errors` list.
 fn named_field(message: &str) -> Option<&str> {
-    ["field `", "parameter `", "header `"].iter().find_map(|marker| {
-        let start = message.find(marker)? + marker.len();
-        let len = message[start..].find('`')?;
-        Some(&message[start..start + len])
-    })
+    ["field `", "parameter `", "header `"]
+        .iter()
+        .find_map(|marker| {
+            let start = message.find(marker)? + marker.len();
+            let len = message[start..].find('`')?;
+            Some(&message[start..start + len])
+        })
 }
 
 impl IntoResponse for ApiError {
@@ -304,7 +307,9 @@ fn describe(status: u16) -> &'static str {
         415 => "`unsupported_media_type`: the body is not `application/json`.",
         429 => "`rate_limited`: over the request rate; retry after `Retry-After` seconds.",
         500 => "`internal_error`: an unexpected fault.",
-        503 => "`database_unavailable`: the database is slow or down; retry after `Retry-After` seconds.",
+        503 => {
+            "`database_unavailable`: the database is slow or down; retry after `Retry-After` seconds."
+        }
         _ => "Error.",
     }
 }

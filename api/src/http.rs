@@ -14,7 +14,10 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// `Content-Length` (poem's `SizeLimit` refuses requests without one, even bodiless GETs).
 pub fn limit_body<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = Response> {
     endpoint.around(|endpoint, mut request: Request| async move {
-        if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
+        if matches!(
+            *request.method(),
+            Method::POST | Method::PUT | Method::PATCH
+        ) {
             let declared = request
                 .headers()
                 .get(poem::http::header::CONTENT_LENGTH)
@@ -28,7 +31,9 @@ pub fn limit_body<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = 
                 .into_bytes_limit(BODY_LIMIT)
                 .await
                 .map_err(|error| match error {
-                    ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into(),
+                    ReadBodyError::PayloadTooLarge => {
+                        ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into()
+                    }
                     other => poem::Error::from(other),
                 })?;
             request.set_body(body);
@@ -39,10 +44,12 @@ pub fn limit_body<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = 
 
 /// Renders every error that reaches the top as problem+json, whoever raised it.
 pub fn problem_errors<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = Response> {
-    endpoint.map_to_response().catch_all_error(|error: poem::Error| async move {
-        if error.is_from_response() {
-            return error.into_response();
-        }
-        ApiError::from_poem(&error).into_response()
-    })
+    endpoint
+        .map_to_response()
+        .catch_all_error(|error: poem::Error| async move {
+            if error.is_from_response() {
+                return error.into_response();
+            }
+            ApiError::from_poem(&error).into_response()
+        })
 }

@@ -11,6 +11,7 @@ pub mod users;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
@@ -27,7 +28,7 @@ use crate::users::routes::UsersApi;
 pub struct App {
     config: Config,
     db: DatabaseConnection,
-    public: BoxEndpoint<'static>,
+    public: Arc<BoxEndpoint<'static>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,14 +86,14 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
         db::migrate(&db).await.map_err(StartupError::Migrate)?;
     }
     observability::db::register_operations(&OPERATIONS);
-    let public = routes(&config, db.clone());
+    let public = Arc::new(routes(&config, db.clone()));
     Ok(App { config, db, public })
 }
 
 impl App {
     /// The public route tree, for poem's test client.
-    pub fn endpoint(&self) -> &BoxEndpoint<'static> {
-        &self.public
+    pub fn endpoint(&self) -> Arc<BoxEndpoint<'static>> {
+        Arc::clone(&self.public)
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -100,10 +101,17 @@ impl App {
     }
 }
 
-fn api_service(config: &Config, db: DatabaseConnection) -> OpenApiService<(UsersApi, HealthApi), ()> {
+fn api_service(
+    config: &Config,
+    db: DatabaseConnection,
+) -> OpenApiService<(UsersApi, HealthApi), ()> {
     let users = UsersApi::new(UserRepository::new(db.clone()), config.pool.acquire_timeout);
-    OpenApiService::new((users, HealthApi::new(db)), "user-service", env!("CARGO_PKG_VERSION"))
-        .description("Users: create, read, look up by email, list and search, update, delete.")
+    OpenApiService::new(
+        (users, HealthApi::new(db)),
+        "user-service",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Users: create, read, look up by email, list and search, update, delete.")
 }
 
 /// The OpenAPI document the service serves at `/openapi.json`.
@@ -137,7 +145,10 @@ pub async fn run_until(
 ) -> io::Result<()> {
     let App { config, db, public } = app;
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = Route::new().at("/metrics", poem::endpoint::make_sync(|_| "# metrics: see issue 3\n"));
+    let admin = Route::new().at(
+        "/metrics",
+        poem::endpoint::make_sync(|_| "# metrics: see issue 3\n"),
+    );
     let admin_server = tokio::spawn(
         Server::new_with_acceptor(listeners.admin).run_with_graceful_shutdown(
             admin,
@@ -163,8 +174,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

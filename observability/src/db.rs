@@ -62,7 +62,8 @@ pub fn record_error(operation: &'static str, kind: ErrorKind) {
 pub fn register_operations(operations: &[&'static str]) {
     for &operation in operations {
         for kind in ErrorKind::ALL {
-            metrics::counter!(ERRORS, "operation" => operation, "kind" => kind.as_str()).absolute(0);
+            metrics::counter!(ERRORS, "operation" => operation, "kind" => kind.as_str())
+                .absolute(0);
         }
     }
 }

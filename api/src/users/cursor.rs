@@ -90,7 +90,10 @@ mod tests {
         for order in [Order::CreatedDesc, Order::UpdatedAsc] {
             let cursor = sample(order);
             let text = cursor.encode();
-            assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
             assert_eq!(Cursor::decode(&text), Ok(cursor));
         }
     }

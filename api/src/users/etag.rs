@@ -63,7 +63,10 @@ mod tests {
         assert_eq!(if_match(None), Precondition::Any);
         assert_eq!(if_match(Some(" * ")), Precondition::Any);
         assert_eq!(if_match(Some("\"3\"")), Precondition::OneOf(vec![3]));
-        assert_eq!(if_match(Some("\"1\", \"2\"")), Precondition::OneOf(vec![1, 2]));
+        assert_eq!(
+            if_match(Some("\"1\", \"2\"")),
+            Precondition::OneOf(vec![1, 2])
+        );
         assert_eq!(if_match(Some("W/\"3\"")), Precondition::OneOf(vec![]));
         assert_eq!(if_match(Some("3")), Precondition::OneOf(vec![]));
         assert_eq!(if_match(Some("\"x\"")), Precondition::OneOf(vec![]));

@@ -46,11 +46,14 @@ impl From<users::Model> for User {
 pub struct CreateUserRequest {
     /// A valid address (WHATWG's `type=email` syntax) of at most 254 characters, unique
     /// case-insensitively.
-    #[oai(validator(max_length = 254, pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"))]
+    #[oai(validator(
+        max_length = 254,
+        pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
+    ))]
     pub email: String,
     /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
     /// text cannot hold.
-    #[oai(validator(max_length = 200, pattern = r"^[^\x00]*\S[^\x00]*$"))]
+    #[oai(validator(max_length = 200, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
     pub name: String,
 }
 
@@ -69,11 +72,14 @@ impl From<CreateUserRequest> for NewUser {
 pub struct UpdateUserRequest {
     /// A valid address (WHATWG's `type=email` syntax) of at most 254 characters, unique
     /// case-insensitively.
-    #[oai(validator(max_length = 254, pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"))]
+    #[oai(validator(
+        max_length = 254,
+        pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
+    ))]
     pub email: MaybeUndefined<String>,
     /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
     /// text cannot hold.
-    #[oai(validator(max_length = 200, pattern = r"^[^\x00]*\S[^\x00]*$"))]
+    #[oai(validator(max_length = 200, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
     pub name: MaybeUndefined<String>,
 }
 

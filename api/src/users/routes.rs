@@ -145,7 +145,11 @@ impl UsersApi {
     }
 
     /// Look up a user by email, case-insensitively.
-    #[oai(path = "/users/lookup", method = "get", operation_id = "lookupUserByEmail")]
+    #[oai(
+        path = "/users/lookup",
+        method = "get",
+        operation_id = "lookupUserByEmail"
+    )]
     async fn lookup(
         &self,
         #[oai(validator(max_length = 254, pattern = r"^[^\x00]*$"))] email: Query<String>,
@@ -194,7 +198,9 @@ impl UsersApi {
                     )
                     .into());
                 }
-                Err(error) => return Err(ApiError::invalid_field("cursor", error.to_string()).into()),
+                Err(error) => {
+                    return Err(ApiError::invalid_field("cursor", error.to_string()).into());
+                }
             },
         };
         let query = ListQuery {

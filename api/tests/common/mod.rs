@@ -1,0 +1,283 @@
+//! Test harness: the real app over a real database, one fresh database per test.
+//!
+//! SQLite: a file in a temporary directory. PostgreSQL: a database copied from a template that
+//! this test process migrated once (crates.io's trick: `CREATE DATABASE ... TEMPLATE` is far
+//! quicker than migrating each time). Databases are named after the process id, so a later
+//! run can drop what a crashed one left behind without touching a live run's.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use api::App;
+use api::config::Config;
+use poem::endpoint::BoxEndpoint;
+use poem::test::{TestClient, TestResponse};
+use sea_orm::sqlx::{self, Connection, Executor, PgConnection};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+/// Where the PostgreSQL tests go when `TEST_DATABASE_URL` is unset: the local server of a
+/// developer machine or CI (TLS off, so sqlx does not negotiate it silently).
+const DEFAULT_TEST_DATABASE_URL: &str =
+    "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One test's database. Dropping it drops a PostgreSQL database (or the SQLite directory).
+pub enum TestDb {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        name: String,
+        url: String,
+    },
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("create a temporary directory");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("users.db").display()
+                );
+                TestDb::Sqlite { _dir: dir, url }
+            }
+            Backend::Postgres => {
+                let template = template().await;
+                let name = format!(
+                    "ut_{}_{}",
+                    std::process::id(),
+                    NEXT_DB.fetch_add(1, Ordering::Relaxed)
+                );
+                admin_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await;
+                TestDb::Postgres {
+                    url: database_url(&name),
+                    name,
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { name, .. } = self {
+            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(admin_execute(&sql));
+            })
+            .join();
+        }
+    }
+}
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned())
+}
+
+/// The admin URL with its database name replaced by `name`.
+pub fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let (base, query) = match admin.split_once('?') {
+        Some((base, query)) => (base.to_owned(), format!("?{query}")),
+        None => (admin.clone(), String::new()),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[authority_end..]
+        .find('/')
+        .map(|i| i + authority_end)
+        .unwrap_or(base.len());
+    format!("{}/{name}{query}", &base[..path_start])
+}
+
+pub async fn admin_connection() -> PgConnection {
+    let url = admin_url();
+    PgConnection::connect(&url).await.unwrap_or_else(|error| {
+        panic!(
+            "the PostgreSQL tests need a server where they may CREATE DATABASE, named by \
+             TEST_DATABASE_URL (default {DEFAULT_TEST_DATABASE_URL}); connecting to {url} \
+             failed: {error}"
+        )
+    })
+}
+
+pub async fn admin_execute(sql: &str) {
+    let mut admin = admin_connection().await;
+    admin
+        .execute(sqlx::AssertSqlSafe(sql.to_owned()))
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    let _ = admin.close().await;
+}
+
+/// Migrates this process's template database once, after dropping databases that dead
+/// test processes left behind.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            drop_stale_databases().await;
+            let name = format!("ut_{}_template", std::process::id());
+            admin_execute(&format!("CREATE DATABASE {name}")).await;
+            let db = sea_orm::Database::connect(database_url(&name))
+                .await
+                .expect("connect to the template database");
+            api::db::migrate(&db)
+                .await
+                .expect("migrate the template database");
+            db.close().await.expect("close the template database");
+            name
+        })
+        .await
+}
+
+async fn drop_stale_databases() {
+    let mut admin = admin_connection().await;
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'ut\\_%'")
+            .fetch_all(&mut admin)
+            .await
+            .expect("list test databases");
+    for (name,) in names {
+        let pid = name
+            .split('_')
+            .nth(1)
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await;
+        }
+    }
+    let _ = admin.close().await;
+}
+
+/// The configuration tests run with: defaults, the given database, ephemeral ports.
+pub fn test_config(database_url: &str, overrides: &[(&str, &str)]) -> Config {
+    Config::from_lookup(|name| {
+        overrides
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| (*value).to_owned())
+            .or_else(|| match name {
+                "DATABASE_URL" => Some(database_url.to_owned()),
+                "HTTP_ADDR" | "ADMIN_ADDR" => Some("127.0.0.1:0".to_owned()),
+                _ => None,
+            })
+    })
+    .expect("valid test configuration")
+}
+
+/// A built app on its own database, driven through poem's test client.
+pub struct TestApp {
+    pub app: App,
+    pub client: TestClient<Arc<BoxEndpoint<'static>>>,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn new(backend: Backend) -> Self {
+        Self::with(backend, &[]).await
+    }
+
+    pub async fn with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
+        let db = TestDb::new(backend).await;
+        let app = api::build(test_config(db.url(), overrides))
+            .await
+            .expect("build the app");
+        let client = TestClient::new(app.endpoint());
+        Self { app, client, db }
+    }
+
+    pub async fn create(&self, email: &str, name: &str) -> TestResponse {
+        self.client
+            .post("/api/v1/users")
+            .body_json(&json!({ "email": email, "name": name }))
+            .send()
+            .await
+    }
+
+    /// Creates a user and returns its JSON.
+    pub async fn create_ok(&self, email: &str, name: &str) -> Value {
+        let response = self.create(email, name).await;
+        response.assert_status(poem::http::StatusCode::CREATED);
+        response.json().await.value().deserialize()
+    }
+}
+
+pub async fn body(response: TestResponse) -> Value {
+    response.json().await.value().deserialize()
+}
+
+/// Asserts a problem+json response with this status and code, and returns its body.
+pub async fn assert_problem(response: TestResponse, status: u16, code: &str) -> Value {
+    assert_eq!(response.0.status().as_u16(), status, "status");
+    let content_type = response
+        .0
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let problem = body(response).await;
+    assert_eq!(problem["status"], status);
+    assert_eq!(problem["code"], code, "{problem}");
+    for member in ["type", "title", "detail"] {
+        assert!(
+            problem[member].is_string(),
+            "problem lacks {member}: {problem}"
+        );
+    }
+    problem
+}
+
+/// Runs each listed `async fn name(backend: Backend)` as two tests, `sqlite::name` and
+/// `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::common::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::common::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}

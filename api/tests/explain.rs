@@ -1,0 +1,277 @@
+//! Every statement the repository issues uses an index on PostgreSQL, on a table big enough
+//! (60k rows, analysed) that the planner would otherwise scan it; in the custom plan a first
+//! execution gets and in the generic plan a prepared statement settles on after five.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use api::users::cursor::{Cursor, Order};
+use api::users::repository::{ListQuery, NewUser, Precondition, UserChanges, UserRepository};
+use common::{Backend, TestDb};
+use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder, Value};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
+use serde_json::Value as Json;
+
+const ROWS: u32 = 60_000;
+
+async fn seed(db: &DatabaseConnection) {
+    db.execute_unprepared(&format!(
+        "INSERT INTO users (id, email, name, created_at, updated_at, version)
+         SELECT gen_random_uuid(), 'user' || g || '@example.com', md5(g::text) || ' Name',
+                now() - g * interval '1 second', now() - (g % 5000) * interval '1 minute', 1
+         FROM generate_series(1, {ROWS}) AS g;
+         ANALYZE users;"
+    ))
+    .await
+    .expect("seed users");
+}
+
+/// A connection that records every statement it runs.
+async fn recording(url: &str) -> (DatabaseConnection, Arc<Mutex<Vec<Statement>>>) {
+    let mut options = ConnectOptions::new(url);
+    options.max_connections(1).sqlx_logging(false);
+    let mut db = Database::connect(options).await.expect("connect");
+    let statements = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&statements);
+    db.set_metric_callback(move |info| sink.lock().unwrap().push(info.statement.clone()));
+    (db, statements)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_repository_statement_uses_an_index() {
+    let test_db = TestDb::new(Backend::Postgres).await;
+    let (db, statements) = recording(test_db.url()).await;
+    seed(&db).await;
+    let deep: (String, chrono::DateTime<chrono::Utc>, uuid::Uuid) = {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT name, created_at, id FROM users ORDER BY created_at DESC, id DESC OFFSET 40000 LIMIT 1",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            row.try_get("", "name").unwrap(),
+            row.try_get("", "created_at").unwrap(),
+            row.try_get("", "id").unwrap(),
+        )
+    };
+    statements.lock().unwrap().clear();
+
+    let repository = UserRepository::new(db.clone());
+    let user = repository
+        .create(NewUser {
+            email: "probe@example.com".into(),
+            name: "Probe".into(),
+        })
+        .await
+        .unwrap();
+    repository.find_by_id(user.id).await.unwrap();
+    repository.find_by_email("PROBE@example.com").await.unwrap();
+    let deep_created = Cursor {
+        order: Order::CreatedDesc,
+        at: deep.1,
+        id: deep.2,
+    };
+    let deep_updated = Cursor {
+        order: Order::UpdatedAsc,
+        at: deep.1,
+        id: deep.2,
+    };
+    let since = deep.1 - chrono::Duration::hours(24);
+    let prefix = deep.0[..3].to_owned();
+    for (after, name_prefix, updated_since) in [
+        (None, None, None),
+        (Some(deep_created), None, None),
+        (None, Some(prefix.clone()), None),
+        (Some(deep_created), Some(prefix.clone()), None),
+        (None, None, Some(since)),
+        (Some(deep_updated), None, Some(since)),
+    ] {
+        repository
+            .list(ListQuery {
+                limit: 50,
+                after,
+                name_prefix,
+                updated_since,
+            })
+            .await
+            .unwrap();
+    }
+    let rename = || UserChanges {
+        name: Some("Renamed".into()),
+        ..Default::default()
+    };
+    repository
+        .update(user.id, rename(), Precondition::Any)
+        .await
+        .unwrap();
+    repository
+        .update(user.id, rename(), Precondition::OneOf(vec![2]))
+        .await
+        .unwrap();
+    // A stale version: the update matches nothing, then the version is read back.
+    assert!(
+        repository
+            .update(user.id, rename(), Precondition::OneOf(vec![1]))
+            .await
+            .is_err()
+    );
+    repository
+        .delete(user.id, Precondition::OneOf(vec![3]))
+        .await
+        .unwrap();
+    repository
+        .delete(user.id, Precondition::Any)
+        .await
+        .unwrap_err();
+
+    let statements = statements.lock().unwrap().clone();
+    assert!(
+        statements.len() >= 15,
+        "recorded {} statements",
+        statements.len()
+    );
+    let mut failures = Vec::new();
+    for (i, statement) in statements.iter().enumerate() {
+        for generic in [false, true] {
+            let plan = explain(&db, statement, i, generic).await;
+            let mut names = Vec::new();
+            index_names(&plan, &mut names);
+            let mut scans = Vec::new();
+            sequential_scans(&plan, &mut scans);
+            let expected = expected_index(&statement.sql);
+            let right_index = expected.is_none_or(|index| names.iter().any(|name| name == index));
+            if !scans.is_empty() || !right_index {
+                failures.push(format!(
+                    "{} plan of {}\n{}",
+                    if generic { "generic" } else { "custom" },
+                    statement.sql,
+                    serde_json::to_string_pretty(&plan).unwrap()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "statements without an index:\n{}",
+        failures.join("\n\n")
+    );
+}
+
+/// EXPLAINs `statement` with its values, as a custom plan or (via PREPARE with
+/// `plan_cache_mode = force_generic_plan`) as the generic plan of a prepared statement.
+async fn explain(db: &DatabaseConnection, statement: &Statement, i: usize, generic: bool) -> Json {
+    let values: Vec<Value> = statement.values.clone().map(|v| v.0).unwrap_or_default();
+    let literals: Vec<String> = values
+        .iter()
+        .map(|v| PostgresQueryBuilder.value_to_string(v))
+        .collect();
+    let sql = if generic {
+        let types: Vec<&str> = values.iter().map(pg_type).collect();
+        db.execute_unprepared("SET plan_cache_mode = force_generic_plan")
+            .await
+            .unwrap();
+        db.execute_unprepared(&format!(
+            "PREPARE probe_{i} ({}) AS {}",
+            types.join(", "),
+            statement.sql
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("PREPARE {}: {e}", statement.sql));
+        if literals.is_empty() {
+            format!("EXPLAIN (FORMAT JSON) EXECUTE probe_{i}")
+        } else {
+            format!(
+                "EXPLAIN (FORMAT JSON) EXECUTE probe_{i}({})",
+                literals.join(", ")
+            )
+        }
+    } else {
+        db.execute_unprepared("SET plan_cache_mode = auto")
+            .await
+            .unwrap();
+        format!("EXPLAIN (FORMAT JSON) {}", statement.sql)
+    };
+    let explained = if generic {
+        Statement::from_string(DbBackend::Postgres, sql)
+    } else {
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    };
+    let row = db.query_one_raw(explained).await.unwrap().unwrap();
+    let plan: Json = row.try_get("", "QUERY PLAN").unwrap();
+    if generic {
+        db.execute_unprepared(&format!("DEALLOCATE probe_{i}"))
+            .await
+            .unwrap();
+    }
+    plan
+}
+
+fn pg_type(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "text",
+        Value::Uuid(_) => "uuid",
+        Value::ChronoDateTimeUtc(_) => "timestamptz",
+        Value::BigInt(_) | Value::BigUnsigned(_) => "int8",
+        Value::Int(_) | Value::Unsigned(_) => "int4",
+        other => panic!("no PostgreSQL type for {other:?}"),
+    }
+}
+
+fn sequential_scans(plan: &Json, found: &mut Vec<String>) {
+    match plan {
+        Json::Object(node) => {
+            if node.get("Node Type").and_then(Json::as_str) == Some("Seq Scan") {
+                found.push(
+                    node.get("Relation Name")
+                        .and_then(Json::as_str)
+                        .unwrap_or("?")
+                        .to_owned(),
+                );
+            }
+            node.values()
+                .for_each(|child| sequential_scans(child, found));
+        }
+        Json::Array(items) => items
+            .iter()
+            .for_each(|child| sequential_scans(child, found)),
+        _ => {}
+    }
+}
+
+/// The index a statement should be served by; `None` for an INSERT.
+fn expected_index(sql: &str) -> Option<&'static str> {
+    if sql.starts_with("INSERT") {
+        None
+    } else if sql.contains("lower(name)") {
+        Some("users_name_lower_prefix_idx")
+    } else if sql.contains("LOWER(\"email\")") {
+        Some("users_email_lower_key")
+    } else if sql.contains("\"users\".\"id\" = $") {
+        Some("users_pkey")
+    } else if sql.contains("ORDER BY \"users\".\"updated_at\"") {
+        Some("users_updated_at_id_idx")
+    } else if sql.contains("ORDER BY \"users\".\"created_at\"") {
+        Some("users_created_at_id_idx")
+    } else {
+        panic!("no expected index for {sql}")
+    }
+}
+
+fn index_names(plan: &Json, found: &mut Vec<String>) {
+    match plan {
+        Json::Object(node) => {
+            if let Some(name) = node.get("Index Name").and_then(Json::as_str) {
+                found.push(name.to_owned());
+            }
+            node.values().for_each(|child| index_names(child, found));
+        }
+        Json::Array(items) => items.iter().for_each(|child| index_names(child, found)),
+        _ => {}
+    }
+}
