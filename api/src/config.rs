@@ -263,3 +263,130 @@ impl Env<'_> {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
+    #[test]
+    fn defaults_are_the_tuned_ones() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.database_url, "sqlite://data/users.db?mode=rwc");
+        let pool = &config.pool;
+        assert_eq!((pool.max_connections, pool.min_connections), (50, 5));
+        assert_eq!(pool.acquire_timeout, Duration::from_secs(3));
+        assert_eq!(pool.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(pool.max_lifetime, Some(Duration::from_secs(1800)));
+        assert_eq!(pool.health_check, HealthCheck::IfIdleFor(Duration::from_secs(30)));
+        assert_eq!(pool.statement_timeout, Some(Duration::from_millis(5000)));
+        assert_eq!(pool.metrics_interval, Duration::from_secs(10));
+        assert_eq!(pool.slow_query, Duration::from_millis(200));
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_addr.to_string(), "127.0.0.1:9464");
+        assert!(config.run_migrations);
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(config.otel_endpoint, None);
+        assert_eq!(config.otel_service_name, "user-service");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert!(config.api_tokens.is_empty() && config.api_read_tokens.is_empty());
+        assert!(config.cors_allowed_origins.is_empty());
+        assert_eq!(config.rate_limit_per_second, None);
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let config = parse(&[
+            ("DATABASE_URL", "postgres://u@localhost/db"),
+            ("DB_MAX_CONNECTIONS", "8"),
+            ("DB_MIN_CONNECTIONS", "2"),
+            ("DB_ACQUIRE_TIMEOUT_SECS", "1"),
+            ("DB_IDLE_TIMEOUT_SECS", "0"),
+            ("DB_MAX_LIFETIME_SECS", "60"),
+            ("DB_TEST_BEFORE_ACQUIRE", "always"),
+            ("DB_STATEMENT_TIMEOUT_MS", "250"),
+            ("DB_POOL_METRICS_INTERVAL_SECS", "2"),
+            ("DB_SLOW_QUERY_MS", "50"),
+            ("HTTP_ADDR", "0.0.0.0:80"),
+            ("ADMIN_ADDR", "[::1]:9000"),
+            ("RUN_MIGRATIONS", "false"),
+            ("LOG_FORMAT", "json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SERVICE_NAME", "users-eu"),
+            ("SHUTDOWN_GRACE_SECS", "5"),
+            ("API_TOKENS", "a, b,"),
+            ("API_READ_TOKENS", "r"),
+            ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
+            ("RATE_LIMIT_PER_SECOND", "100"),
+        ])
+        .unwrap();
+        assert!(!config.is_sqlite());
+        assert_eq!((config.pool.max_connections, config.pool.min_connections), (8, 2));
+        assert_eq!(config.pool.idle_timeout, None, "0 disables the idle timeout");
+        assert_eq!(config.pool.health_check, HealthCheck::Always);
+        assert_eq!(config.pool.statement_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(config.admin_addr.to_string(), "[::1]:9000");
+        assert!(!config.run_migrations);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.otel_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(config.api_tokens, ["a", "b"]);
+        assert_eq!(config.cors_allowed_origins, ["https://app.example.com"]);
+        assert_eq!(config.rate_limit_per_second.map(NonZeroU32::get), Some(100));
+        let never = parse(&[("DB_TEST_BEFORE_ACQUIRE", "never"), ("DB_TEST_IDLE_SECS", "5")]).unwrap();
+        assert_eq!(never.pool.health_check, HealthCheck::Never);
+        let idle = parse(&[("DB_TEST_IDLE_SECS", "5")]).unwrap();
+        assert_eq!(idle.pool.health_check, HealthCheck::IfIdleFor(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases = [
+            ("DATABASE_URL", "mysql://root@localhost/db"),
+            ("DB_MAX_CONNECTIONS", "fifty"),
+            ("DB_MAX_CONNECTIONS", "0"),
+            ("DB_MAX_CONNECTIONS", "-1"),
+            ("DB_MIN_CONNECTIONS", "1.5"),
+            ("DB_ACQUIRE_TIMEOUT_SECS", "0"),
+            ("DB_IDLE_TIMEOUT_SECS", "10m"),
+            ("DB_MAX_LIFETIME_SECS", "forever"),
+            ("DB_TEST_BEFORE_ACQUIRE", "sometimes"),
+            ("DB_TEST_IDLE_SECS", "x"),
+            ("DB_STATEMENT_TIMEOUT_MS", "5s"),
+            ("DB_POOL_METRICS_INTERVAL_SECS", "0"),
+            ("DB_SLOW_QUERY_MS", "slow"),
+            ("HTTP_ADDR", "localhost"),
+            ("ADMIN_ADDR", "9464"),
+            ("RUN_MIGRATIONS", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("SHUTDOWN_GRACE_SECS", "soon"),
+            ("RATE_LIMIT_PER_SECOND", "0"),
+        ];
+        for (variable, value) in cases {
+            let error = parse(&[(variable, value)]).unwrap_err();
+            assert_eq!(error.variable, variable, "{value}");
+            let line = error.to_string();
+            assert!(line.contains(variable) && line.contains("expected"), "{line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+        }
+    }
+
+    #[test]
+    fn min_above_max_is_refused() {
+        let error = parse(&[("DB_MAX_CONNECTIONS", "4"), ("DB_MIN_CONNECTIONS", "5")]).unwrap_err();
+        assert_eq!(error.variable, "DB_MIN_CONNECTIONS");
+        assert!(error.expected.contains("DB_MAX_CONNECTIONS (4)"));
+    }
+
+    #[test]
+    fn a_bad_database_url_does_not_echo_its_password() {
+        let error = parse(&[("DATABASE_URL", "mysql://root:secret@db/users")]).unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+}

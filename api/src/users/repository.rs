@@ -212,14 +212,14 @@ impl UserRepository {
             return Err(self.why_unmatched(id).await);
         }
         let mut update = Users::update_many()
-            .col_expr(Column::UpdatedAt, Expr::val(now()).into())
+            .col_expr(Column::UpdatedAt, Expr::val(now()))
             .col_expr(Column::Version, Expr::col(Column::Version).add(1))
             .filter(Column::Id.eq(id));
         if let Some(email) = changes.email {
-            update = update.col_expr(Column::Email, Expr::val(email).into());
+            update = update.col_expr(Column::Email, Expr::val(email));
         }
         if let Some(name) = changes.name {
-            update = update.col_expr(Column::Name, Expr::val(name).into());
+            update = update.col_expr(Column::Name, Expr::val(name));
         }
         if let Precondition::OneOf(versions) = precondition {
             // Checked in the UPDATE itself, so two writers holding one ETag cannot both win.

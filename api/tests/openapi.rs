@@ -1,0 +1,64 @@
+//! The served OpenAPI document is the committed `openapi.json`: frontend teams regenerate
+//! clients on purpose, never by surprise. After an intended change to the API, refresh it:
+//! `UPDATE_OPENAPI=1 cargo test -p api --test openapi`, and commit the file.
+
+mod common;
+
+use common::{Backend, TestApp, body};
+use serde_json::Value;
+
+const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json");
+
+#[tokio::test]
+async fn served_spec_is_the_committed_one() {
+    let app = TestApp::new(Backend::Sqlite).await;
+    let response = app.client.get("/openapi.json").send().await;
+    response.assert_status_is_ok();
+    let served: Value = body(response).await;
+    assert_eq!(served, serde_json::from_str::<Value>(&api::openapi_spec()).unwrap());
+
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
+        std::fs::write(COMMITTED, pretty).expect("write openapi.json");
+    }
+    let committed = std::fs::read_to_string(COMMITTED).expect("openapi.json is committed");
+    let committed: Value = serde_json::from_str(&committed).expect("openapi.json is JSON");
+    assert!(
+        served == committed,
+        "the API's spec differs from the committed openapi.json; if the change is intended, run \
+         `UPDATE_OPENAPI=1 cargo test -p api --test openapi` and commit openapi.json"
+    );
+}
+
+#[test]
+fn every_operation_has_an_id_and_declares_its_problems() {
+    let spec: Value = serde_json::from_str(&api::openapi_spec()).unwrap();
+    assert!(spec["servers"].as_array().is_none_or(Vec::is_empty), "no servers base path");
+    let mut ids = Vec::new();
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            ids.push(operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}")).to_owned());
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &response["content"]["application/problem+json"]["schema"]["$ref"];
+                    assert_eq!(schema, "#/components/schemas/Problem", "{method} {path} {status}");
+                }
+            }
+        }
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["createUser", "deleteUser", "getUser", "listUsers", "live", "lookupUserByEmail", "ready", "updateUser"]
+    );
+    let errors = |path: &str, method: &str| -> Vec<String> {
+        spec["paths"][path][method]["responses"].as_object().unwrap().keys().cloned().collect()
+    };
+    for status in ["409", "413", "503"] {
+        assert!(errors("/api/v1/users", "post").contains(&status.to_owned()));
+    }
+    for status in ["404", "409", "412"] {
+        assert!(errors("/api/v1/users/{id}", "patch").contains(&status.to_owned()));
+    }
+    assert!(errors("/api/v1/users/{id}", "get").contains(&"304".to_owned()));
+}
