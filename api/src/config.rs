@@ -285,7 +285,10 @@ mod tests {
         assert_eq!(pool.acquire_timeout, Duration::from_secs(3));
         assert_eq!(pool.idle_timeout, Some(Duration::from_secs(600)));
         assert_eq!(pool.max_lifetime, Some(Duration::from_secs(1800)));
-        assert_eq!(pool.health_check, HealthCheck::IfIdleFor(Duration::from_secs(30)));
+        assert_eq!(
+            pool.health_check,
+            HealthCheck::IfIdleFor(Duration::from_secs(30))
+        );
         assert_eq!(pool.statement_timeout, Some(Duration::from_millis(5000)));
         assert_eq!(pool.metrics_interval, Duration::from_secs(10));
         assert_eq!(pool.slow_query, Duration::from_millis(200));
@@ -328,21 +331,40 @@ mod tests {
         ])
         .unwrap();
         assert!(!config.is_sqlite());
-        assert_eq!((config.pool.max_connections, config.pool.min_connections), (8, 2));
-        assert_eq!(config.pool.idle_timeout, None, "0 disables the idle timeout");
+        assert_eq!(
+            (config.pool.max_connections, config.pool.min_connections),
+            (8, 2)
+        );
+        assert_eq!(
+            config.pool.idle_timeout, None,
+            "0 disables the idle timeout"
+        );
         assert_eq!(config.pool.health_check, HealthCheck::Always);
-        assert_eq!(config.pool.statement_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(
+            config.pool.statement_timeout,
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(config.admin_addr.to_string(), "[::1]:9000");
         assert!(!config.run_migrations);
         assert_eq!(config.log_format, LogFormat::Json);
-        assert_eq!(config.otel_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(
+            config.otel_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
         assert_eq!(config.api_tokens, ["a", "b"]);
         assert_eq!(config.cors_allowed_origins, ["https://app.example.com"]);
         assert_eq!(config.rate_limit_per_second.map(NonZeroU32::get), Some(100));
-        let never = parse(&[("DB_TEST_BEFORE_ACQUIRE", "never"), ("DB_TEST_IDLE_SECS", "5")]).unwrap();
+        let never = parse(&[
+            ("DB_TEST_BEFORE_ACQUIRE", "never"),
+            ("DB_TEST_IDLE_SECS", "5"),
+        ])
+        .unwrap();
         assert_eq!(never.pool.health_check, HealthCheck::Never);
         let idle = parse(&[("DB_TEST_IDLE_SECS", "5")]).unwrap();
-        assert_eq!(idle.pool.health_check, HealthCheck::IfIdleFor(Duration::from_secs(5)));
+        assert_eq!(
+            idle.pool.health_check,
+            HealthCheck::IfIdleFor(Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -372,7 +394,10 @@ mod tests {
             let error = parse(&[(variable, value)]).unwrap_err();
             assert_eq!(error.variable, variable, "{value}");
             let line = error.to_string();
-            assert!(line.contains(variable) && line.contains("expected"), "{line}");
+            assert!(
+                line.contains(variable) && line.contains("expected"),
+                "{line}"
+            );
             assert!(!line.contains('\n'), "one line: {line}");
         }
     }

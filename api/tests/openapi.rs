@@ -15,7 +15,10 @@ async fn served_spec_is_the_committed_one() {
     let response = app.client.get("/openapi.json").send().await;
     response.assert_status_is_ok();
     let served: Value = body(response).await;
-    assert_eq!(served, serde_json::from_str::<Value>(&api::openapi_spec()).unwrap());
+    assert_eq!(
+        served,
+        serde_json::from_str::<Value>(&api::openapi_spec()).unwrap()
+    );
 
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
@@ -33,15 +36,26 @@ async fn served_spec_is_the_committed_one() {
 #[test]
 fn every_operation_has_an_id_and_declares_its_problems() {
     let spec: Value = serde_json::from_str(&api::openapi_spec()).unwrap();
-    assert!(spec["servers"].as_array().is_none_or(Vec::is_empty), "no servers base path");
+    assert!(
+        spec["servers"].as_array().is_none_or(Vec::is_empty),
+        "no servers base path"
+    );
     let mut ids = Vec::new();
     for (path, operations) in spec["paths"].as_object().unwrap() {
         for (method, operation) in operations.as_object().unwrap() {
-            ids.push(operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}")).to_owned());
+            ids.push(
+                operation["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path}"))
+                    .to_owned(),
+            );
             for (status, response) in operation["responses"].as_object().unwrap() {
                 if status.starts_with('4') || status.starts_with('5') {
                     let schema = &response["content"]["application/problem+json"]["schema"]["$ref"];
-                    assert_eq!(schema, "#/components/schemas/Problem", "{method} {path} {status}");
+                    assert_eq!(
+                        schema, "#/components/schemas/Problem",
+                        "{method} {path} {status}"
+                    );
                 }
             }
         }
@@ -49,10 +63,24 @@ fn every_operation_has_an_id_and_declares_its_problems() {
     ids.sort();
     assert_eq!(
         ids,
-        ["createUser", "deleteUser", "getUser", "listUsers", "live", "lookupUserByEmail", "ready", "updateUser"]
+        [
+            "createUser",
+            "deleteUser",
+            "getUser",
+            "listUsers",
+            "live",
+            "lookupUserByEmail",
+            "ready",
+            "updateUser"
+        ]
     );
     let errors = |path: &str, method: &str| -> Vec<String> {
-        spec["paths"][path][method]["responses"].as_object().unwrap().keys().cloned().collect()
+        spec["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     };
     for status in ["409", "413", "503"] {
         assert!(errors("/api/v1/users", "post").contains(&status.to_owned()));

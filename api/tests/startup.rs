@@ -13,6 +13,9 @@ fn bad_configuration_stops_startup_with_one_line() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("DB_MAX_CONNECTIONS") && stderr.contains("lots"), "{stderr}");
+    assert!(
+        stderr.contains("DB_MAX_CONNECTIONS") && stderr.contains("lots"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
