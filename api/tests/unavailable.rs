@@ -1,0 +1,119 @@
+//! When the database cannot answer in time, callers get 503 `database_unavailable` with
+//! `Retry-After`, never a 500 or a hang; and the service recovers by itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestApp, admin_connection, assert_problem};
+use sea_orm::sqlx::{self, Connection, Executor};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_answers_503_after_the_acquire_timeout() {
+    let app = TestApp::with(
+        Backend::Postgres,
+        &[
+            ("DB_MAX_CONNECTIONS", "1"),
+            ("DB_MIN_CONNECTIONS", "0"),
+            ("DB_ACQUIRE_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    let user = app.create_ok("held@example.com", "Held").await;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+
+    let holder = app
+        .app
+        .db()
+        .begin()
+        .await
+        .expect("take the only connection");
+    let started = Instant::now();
+    let response = app.client.get(&path).send().await;
+    let waited = started.elapsed();
+    response.assert_header("retry-after", "1");
+    assert_problem(response, 503, "database_unavailable").await;
+    assert!(
+        waited >= Duration::from_millis(900),
+        "waited for the pool: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "no hang: {waited:?}");
+    let ready = app.client.get("/health/ready").send().await;
+    assert_problem(ready, 503, "database_unavailable").await;
+
+    holder.rollback().await.unwrap();
+    app.client.get(&path).send().await.assert_status_is_ok();
+    app.client
+        .get("/health/ready")
+        .send()
+        .await
+        .assert_status_is_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_the_timeout_answers_503() {
+    let app = TestApp::with(Backend::Postgres, &[("DB_STATEMENT_TIMEOUT_MS", "200")]).await;
+    let user = app.create_ok("locked@example.com", "Locked").await;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+
+    let mut locker = sqlx::PgConnection::connect(app.db.url()).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = app.client.get(&path).send().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(response.0.headers().contains_key("retry-after"));
+    assert_problem(response, 503, "database_unavailable").await;
+    locker.execute("ROLLBACK").await.unwrap();
+
+    app.client.get(&path).send().await.assert_status_is_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_by_the_server_are_replaced() {
+    let app = TestApp::with(Backend::Postgres, &[("DB_TEST_BEFORE_ACQUIRE", "never")]).await;
+    let user = app.create_ok("killed@example.com", "Killed").await;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+    let database = app.app.db().query_one_raw(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT current_database() AS name",
+    ));
+    let name: String = database
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "name")
+        .unwrap();
+    let mut admin = admin_connection().await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // A request on a killed connection is a 503 (never a 500); the pool then reconnects.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let response = app.client.get(&path).send().await;
+        let status = response.0.status().as_u16();
+        statuses.push(status);
+        if status == 503 {
+            assert_problem(response, 503, "database_unavailable").await;
+        } else {
+            assert_eq!(status, 200, "{statuses:?}");
+        }
+    }
+    assert_eq!(
+        statuses.first(),
+        Some(&503),
+        "the killed connection was used: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+}
