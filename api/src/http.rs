@@ -3,7 +3,8 @@
 
 use poem::error::ReadBodyError;
 use poem::http::Method;
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
+use poem::{Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response};
+use poem_openapi::OperationId;
 
 use crate::error::ApiError;
 
@@ -47,9 +48,20 @@ pub fn problem_errors<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Outpu
     endpoint
         .map_to_response()
         .catch_all_error(|error: poem::Error| async move {
-            if error.is_from_response() {
-                return error.into_response();
+            // Keep the matched route on the response, for the HTTP metrics' `route` label.
+            let pattern = error.data::<PathPattern>().cloned();
+            let operation = error.data::<OperationId>().copied();
+            let mut response = if error.is_from_response() {
+                error.into_response()
+            } else {
+                ApiError::from_poem(&error).into_response()
+            };
+            if let Some(pattern) = pattern {
+                response.set_data(pattern);
             }
-            ApiError::from_poem(&error).into_response()
+            if let Some(operation) = operation {
+                response.set_data(operation);
+            }
+            response
         })
 }

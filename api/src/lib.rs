@@ -8,15 +8,17 @@ pub mod health;
 pub mod http;
 pub mod users;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use observability::metrics::Metrics;
 use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{EndpointExt, Route, Server};
-use poem_openapi::OpenApiService;
+use poem_openapi::{OpenApiService, OperationId};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::config::Config;
@@ -28,6 +30,7 @@ use crate::users::routes::UsersApi;
 pub struct App {
     config: Config,
     db: DatabaseConnection,
+    metrics: Metrics,
     public: Arc<BoxEndpoint<'static>>,
 }
 
@@ -85,9 +88,15 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
     if config.run_migrations {
         db::migrate(&db).await.map_err(StartupError::Migrate)?;
     }
+    let metrics = Metrics::install();
     observability::db::register_operations(&OPERATIONS);
     let public = Arc::new(routes(&config, db.clone()));
-    Ok(App { config, db, public })
+    Ok(App {
+        config,
+        db,
+        metrics,
+        public,
+    })
 }
 
 impl App {
@@ -122,13 +131,39 @@ pub fn openapi_spec() -> String {
 
 fn routes(config: &Config, db: DatabaseConnection) -> BoxEndpoint<'static> {
     let api = api_service(config, db);
+    let templates = route_templates(&api.spec());
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let route = Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs);
-    http::problem_errors(http::limit_body(route)).boxed()
+    http::problem_errors(http::limit_body(route))
+        .with(observability::http::Observe::new(move |response| {
+            let operation = response.data::<OperationId>()?;
+            templates.get(operation.0).cloned()
+        }))
+        .boxed()
+}
+
+/// Each operation's path in the spec (`/api/v1/users/{id}`), for the `route` metric label:
+/// the router itself knows poem-openapi's renamed parameters (`{param0}`).
+fn route_templates(spec: &str) -> HashMap<String, String> {
+    let spec: serde_json::Value = serde_json::from_str(spec).expect("the spec is JSON");
+    let mut templates = HashMap::new();
+    for (path, operations) in spec["paths"].as_object().into_iter().flatten() {
+        for operation in operations
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, op)| op)
+        {
+            if let Some(id) = operation["operationId"].as_str() {
+                templates.insert(id.to_owned(), path.clone());
+            }
+        }
+    }
+    templates
 }
 
 /// Serves `app` until SIGINT or SIGTERM, then drains in-flight requests.
@@ -143,11 +178,33 @@ pub async fn run_until(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let App { config, db, public } = app;
+    let App {
+        config,
+        db,
+        metrics,
+        public,
+    } = app;
+    let refresh_pool = {
+        let db = db.clone();
+        let pool = config.pool.clone();
+        move || observability::db::record_pool(db::pool_state(&db, &pool))
+    };
+    refresh_pool();
+    let background = tokio::spawn(refresh_metrics(
+        metrics.clone(),
+        refresh_pool.clone(),
+        config.pool.metrics_interval,
+    ));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = Route::new().at(
         "/metrics",
-        poem::endpoint::make_sync(|_| "# metrics: see issue 3\n"),
+        poem::endpoint::make_sync(move |_| {
+            // Read the pool now, so a scrape never shows a stale pool.
+            refresh_pool();
+            poem::Response::builder()
+                .content_type("text/plain; version=0.0.4")
+                .body(metrics.render())
+        }),
     );
     let admin_server = tokio::spawn(
         Server::new_with_acceptor(listeners.admin).run_with_graceful_shutdown(
@@ -163,11 +220,24 @@ pub async fn run_until(
         .await;
     let _ = stop_admin.send(());
     let _ = admin_server.await;
+    background.abort();
     if let Err(error) = db.close().await {
         tracing::warn!(%error, "closing the database pool failed");
     }
     tracing::info!("stopped");
     served
+}
+
+/// Refreshes the pool gauges every `interval` and runs the recorder's upkeep.
+async fn refresh_metrics(metrics: Metrics, refresh_pool: impl Fn(), interval: std::time::Duration) {
+    let mut pool_tick = tokio::time::interval(interval);
+    let mut upkeep_tick = tokio::time::interval(observability::metrics::UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = pool_tick.tick() => refresh_pool(),
+            _ = upkeep_tick.tick() => metrics.run_upkeep(),
+        }
+    }
 }
 
 async fn shutdown_signal() {

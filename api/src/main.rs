@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use api::config::Config;
+use observability::telemetry::TelemetryConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,12 +13,27 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    observability::telemetry::init(config.log_format);
-    if let Err(error) = serve(config).await {
+    let telemetry = match observability::telemetry::init(&TelemetryConfig {
+        log_format: config.log_format,
+        otlp_endpoint: config.otel_endpoint.as_deref(),
+        service_name: &config.otel_service_name,
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = serve(config).await;
+    if let Err(error) = &served {
         tracing::error!("{error}");
-        return ExitCode::FAILURE;
     }
-    ExitCode::SUCCESS
+    telemetry.shutdown();
+    if served.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,12 @@
-//! Logging and tracing setup.
+//! Logging and tracing: `tracing-subscriber` lines (pretty or JSON, level from `RUST_LOG`) and,
+//! when an OTLP endpoint is configured, span export through `tracing-opentelemetry`.
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -10,15 +17,80 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber: level from `RUST_LOG` (default `info`), lines in `format`.
-/// Safe to call more than once (tests do): later calls keep the first subscriber.
-pub fn init(format: LogFormat) {
+pub struct TelemetryConfig<'a> {
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint; `None` exports nothing.
+    pub otlp_endpoint: Option<&'a str>,
+    pub service_name: &'a str,
+}
+
+/// Flushes exported spans when the service stops.
+#[must_use = "dropping the guard without shutdown() may lose the last spans"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is still queued and stops the exporter. Bounded by the exporter's timeout,
+    /// so an absent collector cannot hold shutdown up.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "flushing spans at shutdown failed");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up OTLP export to {endpoint}: {source}")]
+pub struct TelemetryError {
+    endpoint: String,
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
+/// Installs the global subscriber. Must run inside the Tokio runtime when an OTLP endpoint is
+/// set: the batch exporter runs on it (tonic needs Tokio; the default thread-based batch
+/// processor would panic). Later calls in the same process keep the first subscriber.
+pub fn init(config: &TelemetryConfig<'_>) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
+    let provider = match config.otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(std::time::Duration::from_secs(3))
+                .build()
+                .map_err(|source| TelemetryError {
+                    endpoint: endpoint.to_owned(),
+                    source,
+                })?;
+            let resource = Resource::builder()
+                .with_service_name(config.service_name.to_owned())
+                .build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_span_processor(BatchSpanProcessor::builder(exporter, Tokio).build())
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+    };
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("user-service"))
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let _ = match config.log_format {
         LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .try_init(),
     };
+    Ok(Telemetry { provider })
 }

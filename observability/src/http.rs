@@ -1,0 +1,155 @@
+//! HTTP middleware: one span per request, with its request id, and the request metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::PathPattern;
+use poem::http::{HeaderName, HeaderValue, StatusCode};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
+use tracing::Instrument;
+
+pub const REQUESTS: &str = "http_server_requests_total";
+pub const DURATION: &str = "http_server_request_duration_seconds";
+
+/// The `route` label of requests that matched no route: never the raw path, whose ids and
+/// typos would make a series each.
+pub const UNMATCHED: &str = "unmatched";
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Names the route template a response came from, where the router's own pattern is not the
+/// one to show (poem-openapi renames path parameters to `param0`...).
+pub type RouteOf = dyn Fn(&Response) -> Option<String> + Send + Sync;
+
+/// Times every request, labels it with its route template, and runs it in a span that carries
+/// the request id (the caller's `x-request-id` if usable, else a new one, echoed back).
+pub struct Observe {
+    route_of: Arc<RouteOf>,
+}
+
+impl Observe {
+    pub fn new(route_of: impl Fn(&Response) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self {
+            route_of: Arc::new(route_of),
+        }
+    }
+}
+
+impl<E: Endpoint> Middleware<E> for Observe {
+    type Output = ObserveEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        ObserveEndpoint {
+            inner,
+            route_of: Arc::clone(&self.route_of),
+        }
+    }
+}
+
+pub struct ObserveEndpoint<E> {
+    inner: E,
+    route_of: Arc<RouteOf>,
+}
+
+impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, request: Request) -> Result<Response> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let request_id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|value| usable_request_id(value))
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+                    .expect("a UUID is a header value")
+            });
+        let span = tracing::info_span!(
+            "http.request",
+            http.method = %method,
+            http.route = tracing::field::Empty,
+            http.status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            request_id = request_id.to_str().unwrap_or_default(),
+        );
+        let mut response = match self.inner.call(request).instrument(span.clone()).await {
+            Ok(output) => output.into_response(),
+            Err(error) => error.into_response(),
+        };
+        let route = (self.route_of)(&response)
+            .or_else(|| {
+                response
+                    .data::<PathPattern>()
+                    .filter(|pattern| {
+                        !pattern.0.is_empty() && response.status() != StatusCode::NOT_FOUND
+                    })
+                    .map(|pattern| template(&pattern.0))
+            })
+            .unwrap_or_else(|| UNMATCHED.to_owned());
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        span.record("http.route", route.as_str());
+        span.record("http.status", status);
+        span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+        let labels = [
+            ("method", method.as_str().to_owned()),
+            ("route", route),
+            ("status", status.to_string()),
+        ];
+        metrics::counter!(REQUESTS, &labels).increment(1);
+        metrics::histogram!(DURATION, &labels).record(elapsed.as_secs_f64());
+        span.in_scope(|| {
+            if status >= 500 {
+                tracing::warn!(status, "request failed");
+            } else {
+                tracing::debug!(status, "request served");
+            }
+        });
+        response.headers_mut().insert(REQUEST_ID, request_id);
+        Ok(response)
+    }
+}
+
+/// A request id worth echoing: short, visible ASCII (it goes into logs and a header).
+fn usable_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// poem's pattern (`/api/v1/users/:id`, `/docs/*path`) in OpenAPI's notation
+/// (`/api/v1/users/{id}`), as dashboards show it.
+fn template(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| match segment.strip_prefix(':') {
+            Some(name) => format!("{{{name}}}"),
+            None if segment.starts_with('*') => "{*}".to_owned(),
+            None => segment.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_use_openapi_notation() {
+        assert_eq!(template("/api/v1/users/:id"), "/api/v1/users/{id}");
+        assert_eq!(template("/api/v1/users"), "/api/v1/users");
+        assert_eq!(template("/docs/*path"), "/docs/{*}");
+    }
+
+    #[test]
+    fn request_ids_are_checked() {
+        assert!(usable_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!usable_request_id(&HeaderValue::from_static("")));
+        assert!(!usable_request_id(&HeaderValue::from_static("has space")));
+        assert!(!usable_request_id(
+            &HeaderValue::from_str(&"x".repeat(129)).unwrap()
+        ));
+    }
+}
