@@ -1,0 +1,211 @@
+//! The docker-compose stack and the Grafana dashboards, checked by parsing them (no Docker
+//! engine runs here). `promtool` checks the Prometheus config and rules in `.ci/run`; the
+//! dashboards' queries run against a real Prometheus in the api's observability test.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn yaml(path: &str) -> Value {
+    let text = std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn postgres_settings(compose: &Value) -> Vec<String> {
+    compose["services"]["postgres"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn compose_has_every_service_with_health_and_storage() {
+    let compose = yaml("docker-compose.yml");
+    let services: HashSet<&str> = compose["services"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(services, HashSet::from(["postgres", "api", "prometheus", "grafana", "postgres-exporter"]));
+    for service in ["postgres", "api", "prometheus", "grafana"] {
+        assert!(compose["services"][service]["healthcheck"]["test"].is_array(), "{service} has a healthcheck");
+    }
+    let volumes: HashSet<&str> = compose["volumes"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(volumes, HashSet::from(["postgres-data", "prometheus-data", "grafana-data"]));
+    let mounts = |service: &str| -> Vec<String> {
+        compose["services"][service]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(mounts("postgres").contains(&"postgres-data:/var/lib/postgresql/data".to_owned()));
+    assert!(mounts("prometheus").contains(&"./observability/prometheus:/etc/prometheus:ro".to_owned()));
+    assert!(mounts("grafana").contains(&"./observability/grafana/provisioning:/etc/grafana/provisioning:ro".to_owned()));
+    assert!(mounts("grafana").contains(&"./observability/grafana/dashboards:/etc/grafana/dashboards:ro".to_owned()));
+    for mount in mounts("prometheus").iter().chain(mounts("grafana").iter()) {
+        if let Some(local) = mount.strip_prefix("./") {
+            let local = local.split(':').next().unwrap();
+            assert!(repo().join(local).exists(), "{local} exists");
+        }
+    }
+}
+
+#[test]
+fn api_waits_for_a_healthy_database_and_reads_env() {
+    let compose = yaml("docker-compose.yml");
+    let api = &compose["services"]["api"];
+    assert_eq!(api["build"], ".");
+    assert_eq!(api["depends_on"]["postgres"]["condition"], "service_healthy");
+    assert_eq!(api["env_file"][0]["path"], ".env");
+    let url = api["environment"]["DATABASE_URL"].as_str().unwrap();
+    assert!(url.starts_with("postgres://") && url.contains("@postgres:5432/"), "{url}");
+    assert_eq!(api["environment"]["ADMIN_ADDR"], "0.0.0.0:9464");
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("a Dockerfile");
+    assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
+}
+
+#[test]
+fn postgres_is_tuned_without_giving_up_durability() {
+    let compose = yaml("docker-compose.yml");
+    let settings = postgres_settings(&compose);
+    for expected in [
+        "shared_buffers=256MB",
+        "effective_cache_size=1GB",
+        "work_mem=4MB",
+        "synchronous_commit=on",
+        "shared_preload_libraries=pg_stat_statements",
+        "max_wal_size=4GB",
+        "checkpoint_completion_target=0.9",
+    ] {
+        assert!(settings.iter().any(|s| s == expected), "{expected} in {settings:?}");
+    }
+    for forbidden in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+        assert!(!settings.iter().any(|s| s == forbidden), "{forbidden}");
+    }
+    let parallel: u32 = setting(&settings, "max_parallel_workers_per_gather").parse().unwrap();
+    assert!(parallel >= 2, "parallel query on");
+    let max_connections: u32 = setting(&settings, "max_connections").parse().unwrap();
+    assert!(max_connections > 2 * 50 + 10, "room for two api pools of 50 and the exporters");
+    let image = compose["services"]["postgres"]["image"].as_str().unwrap();
+    assert!(image.starts_with("postgres:16"), "{image}");
+}
+
+fn setting<'a>(settings: &'a [String], name: &str) -> &'a str {
+    let prefix = format!("{name}=");
+    settings
+        .iter()
+        .find_map(|s| s.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{name} is set"))
+}
+
+fn dashboards() -> Vec<(String, Value)> {
+    let mut dashboards: Vec<(String, Value)> = std::fs::read_dir(repo().join("observability/grafana/dashboards"))
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            (path.file_name().unwrap().to_string_lossy().into_owned(), json)
+        })
+        .collect();
+    dashboards.sort_by(|a, b| a.0.cmp(&b.0));
+    dashboards
+}
+
+#[test]
+fn dashboards_have_stable_uids_a_datasource_variable_and_rate_intervals() {
+    let mut uids = HashSet::new();
+    let mut titles = Vec::new();
+    for (file, dashboard) in dashboards() {
+        let uid = dashboard["uid"].as_str().unwrap().to_owned();
+        assert!(uid.starts_with("user-service-"), "{file}: {uid}");
+        assert!(uids.insert(uid), "{file}: unique uid");
+        titles.push(dashboard["title"].as_str().unwrap().to_owned());
+        let variables = dashboard["templating"]["list"].as_array().unwrap();
+        assert!(variables.iter().any(|v| v["type"] == "datasource" && v["name"] == "datasource"));
+        for panel in dashboard["panels"].as_array().unwrap() {
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{file}: {}", panel["title"]);
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                assert_eq!(target["datasource"]["uid"], "${datasource}");
+                if expr.contains("rate(") || expr.contains("increase(") {
+                    assert!(expr.contains("[$__rate_interval]"), "{file}: {expr}");
+                }
+            }
+        }
+    }
+    titles.sort();
+    assert_eq!(titles, ["user-service: PostgreSQL", "user-service: database and pool", "user-service: overview"]);
+    let datasources = yaml("observability/grafana/provisioning/datasources/prometheus.yml");
+    assert_eq!(datasources["datasources"][0]["uid"], "prometheus");
+    assert_eq!(datasources["datasources"][0]["url"], "http://prometheus:9090");
+    let providers = yaml("observability/grafana/provisioning/dashboards/user-service.yml");
+    assert_eq!(providers["providers"][0]["options"]["path"], "/etc/grafana/dashboards");
+}
+
+#[test]
+fn dashboards_query_only_exported_metrics() {
+    // The service's metrics (DESIGN.md) and postgres-exporter's.
+    let known = [
+        "http_server_requests_total",
+        "http_server_request_duration_seconds_bucket",
+        "database_query_duration_seconds_bucket",
+        "database_query_duration_seconds_count",
+        "database_errors_total",
+        "database_pool_connections_active",
+        "database_pool_connections_idle",
+        "database_pool_connections_max",
+        "database_pool_connections_min",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "pg_stat_activity_count",
+        "pg_settings_max_connections",
+        "pg_stat_database_xact_commit",
+        "pg_stat_database_xact_rollback",
+        "pg_stat_database_blks_hit",
+        "pg_stat_database_blks_read",
+        "pg_locks_count",
+        "pg_stat_database_deadlocks",
+        "pg_stat_activity_max_tx_duration",
+    ];
+    let mut panels = 0;
+    for (file, dashboard) in dashboards() {
+        for panel in dashboard["panels"].as_array().unwrap() {
+            panels += 1;
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                let names = metric_names(expr);
+                assert!(!names.is_empty(), "{file}: {expr}");
+                for name in names {
+                    assert!(known.contains(&name.as_str()), "{file}: unknown metric {name} in {expr}");
+                }
+            }
+        }
+    }
+    assert!(panels >= 20, "{panels} panels");
+}
+
+/// The metric names in a PromQL expression: the words with a metric prefix that are neither
+/// calls nor label names.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (start, _) in expr.match_indices(|c: char| c.is_ascii_alphabetic()) {
+        let preceded = expr[..start].chars().last().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if preceded {
+            continue;
+        }
+        let tail = &expr[start..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let word = &tail[..end];
+        let is_metric = ["http_", "database_", "process_", "pg_"].iter().any(|p| word.starts_with(p));
+        if is_metric && !tail[end..].trim_start().starts_with('(') {
+            names.push(word.to_owned());
+        }
+    }
+    names
+}
