@@ -28,13 +28,38 @@ fn postgres_settings(compose: &Value) -> Vec<String> {
 #[test]
 fn compose_has_every_service_with_health_and_storage() {
     let compose = yaml("docker-compose.yml");
-    let services: HashSet<&str> = compose["services"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(services, HashSet::from(["postgres", "api", "prometheus", "grafana", "postgres-exporter"]));
+    let services: HashSet<&str> = compose["services"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        services,
+        HashSet::from([
+            "postgres",
+            "api",
+            "prometheus",
+            "grafana",
+            "postgres-exporter"
+        ])
+    );
     for service in ["postgres", "api", "prometheus", "grafana"] {
-        assert!(compose["services"][service]["healthcheck"]["test"].is_array(), "{service} has a healthcheck");
+        assert!(
+            compose["services"][service]["healthcheck"]["test"].is_array(),
+            "{service} has a healthcheck"
+        );
     }
-    let volumes: HashSet<&str> = compose["volumes"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(volumes, HashSet::from(["postgres-data", "prometheus-data", "grafana-data"]));
+    let volumes: HashSet<&str> = compose["volumes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        volumes,
+        HashSet::from(["postgres-data", "prometheus-data", "grafana-data"])
+    );
     let mounts = |service: &str| -> Vec<String> {
         compose["services"][service]["volumes"]
             .as_array()
@@ -44,9 +69,18 @@ fn compose_has_every_service_with_health_and_storage() {
             .collect()
     };
     assert!(mounts("postgres").contains(&"postgres-data:/var/lib/postgresql/data".to_owned()));
-    assert!(mounts("prometheus").contains(&"./observability/prometheus:/etc/prometheus:ro".to_owned()));
-    assert!(mounts("grafana").contains(&"./observability/grafana/provisioning:/etc/grafana/provisioning:ro".to_owned()));
-    assert!(mounts("grafana").contains(&"./observability/grafana/dashboards:/etc/grafana/dashboards:ro".to_owned()));
+    assert!(
+        mounts("prometheus").contains(&"./observability/prometheus:/etc/prometheus:ro".to_owned())
+    );
+    assert!(
+        mounts("grafana").contains(
+            &"./observability/grafana/provisioning:/etc/grafana/provisioning:ro".to_owned()
+        )
+    );
+    assert!(
+        mounts("grafana")
+            .contains(&"./observability/grafana/dashboards:/etc/grafana/dashboards:ro".to_owned())
+    );
     for mount in mounts("prometheus").iter().chain(mounts("grafana").iter()) {
         if let Some(local) = mount.strip_prefix("./") {
             let local = local.split(':').next().unwrap();
@@ -60,10 +94,16 @@ fn api_waits_for_a_healthy_database_and_reads_env() {
     let compose = yaml("docker-compose.yml");
     let api = &compose["services"]["api"];
     assert_eq!(api["build"], ".");
-    assert_eq!(api["depends_on"]["postgres"]["condition"], "service_healthy");
+    assert_eq!(
+        api["depends_on"]["postgres"]["condition"],
+        "service_healthy"
+    );
     assert_eq!(api["env_file"][0]["path"], ".env");
     let url = api["environment"]["DATABASE_URL"].as_str().unwrap();
-    assert!(url.starts_with("postgres://") && url.contains("@postgres:5432/"), "{url}");
+    assert!(
+        url.starts_with("postgres://") && url.contains("@postgres:5432/"),
+        "{url}"
+    );
     assert_eq!(api["environment"]["ADMIN_ADDR"], "0.0.0.0:9464");
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("a Dockerfile");
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
@@ -82,15 +122,27 @@ fn postgres_is_tuned_without_giving_up_durability() {
         "max_wal_size=4GB",
         "checkpoint_completion_target=0.9",
     ] {
-        assert!(settings.iter().any(|s| s == expected), "{expected} in {settings:?}");
+        assert!(
+            settings.iter().any(|s| s == expected),
+            "{expected} in {settings:?}"
+        );
     }
-    for forbidden in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+    for forbidden in [
+        "fsync=off",
+        "synchronous_commit=off",
+        "full_page_writes=off",
+    ] {
         assert!(!settings.iter().any(|s| s == forbidden), "{forbidden}");
     }
-    let parallel: u32 = setting(&settings, "max_parallel_workers_per_gather").parse().unwrap();
+    let parallel: u32 = setting(&settings, "max_parallel_workers_per_gather")
+        .parse()
+        .unwrap();
     assert!(parallel >= 2, "parallel query on");
     let max_connections: u32 = setting(&settings, "max_connections").parse().unwrap();
-    assert!(max_connections > 2 * 50 + 10, "room for two api pools of 50 and the exporters");
+    assert!(
+        max_connections > 2 * 50 + 10,
+        "room for two api pools of 50 and the exporters"
+    );
     let image = compose["services"]["postgres"]["image"].as_str().unwrap();
     assert!(image.starts_with("postgres:16"), "{image}");
 }
@@ -104,14 +156,18 @@ fn setting<'a>(settings: &'a [String], name: &str) -> &'a str {
 }
 
 fn dashboards() -> Vec<(String, Value)> {
-    let mut dashboards: Vec<(String, Value)> = std::fs::read_dir(repo().join("observability/grafana/dashboards"))
-        .unwrap()
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            (path.file_name().unwrap().to_string_lossy().into_owned(), json)
-        })
-        .collect();
+    let mut dashboards: Vec<(String, Value)> =
+        std::fs::read_dir(repo().join("observability/grafana/dashboards"))
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                (
+                    path.file_name().unwrap().to_string_lossy().into_owned(),
+                    json,
+                )
+            })
+            .collect();
     dashboards.sort_by(|a, b| a.0.cmp(&b.0));
     dashboards
 }
@@ -126,9 +182,17 @@ fn dashboards_have_stable_uids_a_datasource_variable_and_rate_intervals() {
         assert!(uids.insert(uid), "{file}: unique uid");
         titles.push(dashboard["title"].as_str().unwrap().to_owned());
         let variables = dashboard["templating"]["list"].as_array().unwrap();
-        assert!(variables.iter().any(|v| v["type"] == "datasource" && v["name"] == "datasource"));
+        assert!(
+            variables
+                .iter()
+                .any(|v| v["type"] == "datasource" && v["name"] == "datasource")
+        );
         for panel in dashboard["panels"].as_array().unwrap() {
-            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{file}: {}", panel["title"]);
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{file}: {}",
+                panel["title"]
+            );
             for target in panel["targets"].as_array().unwrap() {
                 let expr = target["expr"].as_str().unwrap();
                 assert_eq!(target["datasource"]["uid"], "${datasource}");
@@ -139,12 +203,25 @@ fn dashboards_have_stable_uids_a_datasource_variable_and_rate_intervals() {
         }
     }
     titles.sort();
-    assert_eq!(titles, ["user-service: PostgreSQL", "user-service: database and pool", "user-service: overview"]);
+    assert_eq!(
+        titles,
+        [
+            "user-service: PostgreSQL",
+            "user-service: database and pool",
+            "user-service: overview"
+        ]
+    );
     let datasources = yaml("observability/grafana/provisioning/datasources/prometheus.yml");
     assert_eq!(datasources["datasources"][0]["uid"], "prometheus");
-    assert_eq!(datasources["datasources"][0]["url"], "http://prometheus:9090");
+    assert_eq!(
+        datasources["datasources"][0]["url"],
+        "http://prometheus:9090"
+    );
     let providers = yaml("observability/grafana/provisioning/dashboards/user-service.yml");
-    assert_eq!(providers["providers"][0]["options"]["path"], "/etc/grafana/dashboards");
+    assert_eq!(
+        providers["providers"][0]["options"]["path"],
+        "/etc/grafana/dashboards"
+    );
 }
 
 #[test]
@@ -182,7 +259,10 @@ fn dashboards_query_only_exported_metrics() {
                 let names = metric_names(expr);
                 assert!(!names.is_empty(), "{file}: {expr}");
                 for name in names {
-                    assert!(known.contains(&name.as_str()), "{file}: unknown metric {name} in {expr}");
+                    assert!(
+                        known.contains(&name.as_str()),
+                        "{file}: unknown metric {name} in {expr}"
+                    );
                 }
             }
         }
@@ -195,14 +275,21 @@ fn dashboards_query_only_exported_metrics() {
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
     for (start, _) in expr.match_indices(|c: char| c.is_ascii_alphabetic()) {
-        let preceded = expr[..start].chars().last().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let preceded = expr[..start]
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
         if preceded {
             continue;
         }
         let tail = &expr[start..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
         let word = &tail[..end];
-        let is_metric = ["http_", "database_", "process_", "pg_"].iter().any(|p| word.starts_with(p));
+        let is_metric = ["http_", "database_", "process_", "pg_"]
+            .iter()
+            .any(|p| word.starts_with(p));
         if is_metric && !tail[end..].trim_start().starts_with('(') {
             names.push(word.to_owned());
         }
