@@ -1,0 +1,105 @@
+-- wrk script of the user-service benchmark. The bench tool fills in the {{...}} values and
+-- picks the scenario; users are named by number (see bench/src/data.rs).
+local USERS = {{USERS}}
+local BASE = {{BASE_MS}}
+local STEP = {{STEP_MS}}
+local TAG = "{{TAG}}"
+local THREADS = {{THREADS}}
+local PREFIXES = { {{PREFIXES}} }
+local DEEP_CURSOR = "{{DEEP_CURSOR}}"
+local UPDATE_FILE = "{{UPDATE_FILE}}"
+
+local threads = {}
+function setup(thread)
+  thread:set("index", #threads)
+  table.insert(threads, thread)
+end
+
+local function user_id(n)
+  local ms = BASE + n * STEP
+  return string.format("%08x-%04x-7000-8000-%012x", math.floor(ms / 65536), ms % 65536, n)
+end
+
+local update_ids, update_versions, update_next, counter = {}, {}, 1, 0
+
+function init(args)
+  math.randomseed(os.time() * 100 + (index or 0))
+  local file = io.open(UPDATE_FILE, "r")
+  if file then
+    local line_number = 0
+    for line in file:lines() do
+      local n, version = line:match("(%d+) (%d+)")
+      if line_number % THREADS == index then
+        table.insert(update_ids, tonumber(n))
+        update_versions[#update_ids] = tonumber(version)
+      end
+      line_number = line_number + 1
+    end
+    file:close()
+  end
+end
+
+local JSON = { ["Content-Type"] = "application/json" }
+local CASES = {
+  string.lower,
+  string.upper,
+  function(s) return s:sub(1, 1):upper() .. s:sub(2) end,
+}
+
+local function get_by_id()
+  return wrk.format("GET", "/api/v1/users/" .. user_id(math.random(1, USERS)))
+end
+
+local function lookup_by_email()
+  local email = CASES[math.random(1, 3)]("user" .. math.random(1, USERS) .. "%40example.com")
+  return wrk.format("GET", "/api/v1/users/lookup?email=" .. email)
+end
+
+local function list_first_page()
+  return wrk.format("GET", "/api/v1/users?limit=50")
+end
+
+local function list_deep_page()
+  return wrk.format("GET", "/api/v1/users?limit=50&cursor=" .. DEEP_CURSOR)
+end
+
+local function name_prefix()
+  return wrk.format("GET", "/api/v1/users?limit=50&name_prefix=" .. PREFIXES[math.random(1, #PREFIXES)])
+end
+
+local function create()
+  counter = counter + 1
+  local body = string.format('{"email":"bench-%s-%d-%d@example.com","name":"Bench User"}', TAG, index, counter)
+  return wrk.format("POST", "/api/v1/users", JSON, body)
+end
+
+-- Each thread updates its own users in turn, so the version it sends in If-Match is current.
+local function update()
+  local i = update_next
+  update_next = update_next % #update_ids + 1
+  local version = update_versions[i]
+  update_versions[i] = version + 1
+  local headers = { ["Content-Type"] = "application/json", ["If-Match"] = '"' .. version .. '"' }
+  return wrk.format("PATCH", "/api/v1/users/" .. user_id(update_ids[i]), headers, '{"name":"Bench Renamed"}')
+end
+
+-- 80% reads, 20% writes.
+local function mix()
+  local r = math.random(100)
+  if r <= 50 then return get_by_id()
+  elseif r <= 65 then return lookup_by_email()
+  elseif r <= 75 then return list_first_page()
+  elseif r <= 80 then return name_prefix()
+  elseif r <= 95 then return update()
+  else return create() end
+end
+
+request = {{SCENARIO}}
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"socket_errors":%d,"http_errors":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end

@@ -1,0 +1,506 @@
+//! `bench`: seeds PostgreSQL, runs the release service under wrk with named configurations,
+//! runs pgbench on the same statements for the ceiling, and writes bench/RESULTS.md and a
+//! chart. See bench/README.md.
+
+mod data;
+mod explain;
+mod load;
+mod report;
+mod scenarios;
+mod seed;
+mod service;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use api::users::cursor::{Cursor, Order};
+use clap::{Args, Parser, Subcommand};
+use sea_orm::sqlx::{self, Connection, PgConnection};
+
+use crate::load::Measured;
+use crate::scenarios::Scenario;
+use crate::service::Service;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks user-service against pgbench on the same database")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and fill the benchmark databases (with and without the optimize_indexes indexes).
+    Seed {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Seed (unless --skip-seed), then measure every configuration and write the report.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// A few seconds on a small database: proves the tool works, measures nothing (CI).
+    Smoke {
+        /// The api binary to run (a debug build is fine here).
+        #[arg(long, default_value = "target/debug/api")]
+        binary: PathBuf,
+        #[arg(long, env = "BENCH_DATABASE_URL", default_value = DEFAULT_URL)]
+        database_url: String,
+    },
+}
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Users to seed.
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// An admin connection (TLS off, so neither side pays for it).
+    #[arg(long, env = "BENCH_DATABASE_URL", default_value = DEFAULT_URL)]
+    database_url: String,
+    /// Name of the indexed database; `<name>_noidx` holds the same users without the indexes.
+    #[arg(long, default_value = "userbench")]
+    database: String,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[arg(long)]
+    skip_seed: bool,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Rounds of A B C ... alternation; medians are reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Concurrent connections of wrk and clients of pgbench.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Configurations, in order: before, plan1, tuned, pool-N.
+    #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
+    configs: Vec<String>,
+    /// Pool sizes to sweep (get by id and mix, with the tuned settings); empty to skip.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,50,100")]
+    sweep: Vec<u32>,
+    /// Only these scenarios (default: all).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// The release api binary (built first with `cargo build --release -p api`).
+    #[arg(long, default_value = "target/release/api")]
+    binary: PathBuf,
+    /// Where RESULTS.md and results.svg go.
+    #[arg(long, default_value = "bench")]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Seed { common } => seed_both(&common).await,
+        Command::Run { common, run } => {
+            if !run.skip_seed {
+                seed_both(&common).await?;
+            }
+            let report = measure(&common, &run).await?;
+            report::write(&run.out, &report)?;
+            eprintln!("wrote {}", run.out.join("RESULTS.md").display());
+            Ok(())
+        }
+        Command::Smoke {
+            binary,
+            database_url,
+        } => smoke(binary, database_url).await,
+    }
+}
+
+async fn seed_both(common: &Common) -> Result<()> {
+    seed::seed(&common.database_url, &common.database, common.users, true).await?;
+    seed::seed(
+        &common.database_url,
+        &format!("{}_noidx", common.database),
+        common.users,
+        false,
+    )
+    .await
+}
+
+/// A named configuration: which database, which environment.
+pub struct Config {
+    pub name: String,
+    pub indexed: bool,
+    pub env: Vec<(String, String)>,
+}
+
+fn config(name: &str) -> Result<Config> {
+    let env = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    Ok(match name {
+        // The service as it was: default pool of 10, no indexes, a ping before every checkout.
+        "before" => Config {
+            name: name.into(),
+            indexed: false,
+            env: env(&[
+                ("DB_MAX_CONNECTIONS", "10"),
+                ("DB_MIN_CONNECTIONS", "0"),
+                ("DB_TEST_BEFORE_ACQUIRE", "always"),
+            ]),
+        },
+        // Plan 1 exactly: 50/5, 3 s, 10 min, 30 min, connection test before acquisition.
+        "plan1" => Config {
+            name: name.into(),
+            indexed: true,
+            env: env(&[
+                ("DB_MAX_CONNECTIONS", "50"),
+                ("DB_MIN_CONNECTIONS", "5"),
+                ("DB_ACQUIRE_TIMEOUT_SECS", "3"),
+                ("DB_IDLE_TIMEOUT_SECS", "600"),
+                ("DB_MAX_LIFETIME_SECS", "1800"),
+                ("DB_TEST_BEFORE_ACQUIRE", "always"),
+            ]),
+        },
+        // Our defaults (DESIGN.md).
+        "tuned" => Config {
+            name: name.into(),
+            indexed: true,
+            env: Vec::new(),
+        },
+        other => match other
+            .strip_prefix("pool-")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(size) => Config {
+                name: name.into(),
+                indexed: true,
+                env: vec![
+                    ("DB_MAX_CONNECTIONS".into(), size.to_string()),
+                    ("DB_MIN_CONNECTIONS".into(), size.min(5).to_string()),
+                ],
+            },
+            None => bail!("unknown configuration {other}: before, plan1, tuned or pool-N"),
+        },
+    })
+}
+
+/// Everything one run measured.
+pub struct Report {
+    pub users: u64,
+    pub connections: u32,
+    pub seconds: u64,
+    pub rounds: usize,
+    pub configs: Vec<String>,
+    pub scenarios: Vec<String>,
+    /// (config, scenario) -> one sample per round.
+    pub service: BTreeMap<(String, String), Vec<Sample>>,
+    /// scenario -> one pgbench measurement per round.
+    pub pgbench: BTreeMap<String, Vec<Measured>>,
+    pub sweep: BTreeMap<(u32, String), Vec<Sample>>,
+    pub explain: Vec<explain::Timing>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub load: Measured,
+    pub rss_mib: f64,
+    /// Cores the service used on average.
+    pub cpu: f64,
+}
+
+struct Bench<'a> {
+    common: &'a Common,
+    run: &'a RunArgs,
+    dir: tempfile::TempDir,
+    tag: String,
+}
+
+async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
+    if !run.binary.exists() {
+        let status = std::process::Command::new("cargo")
+            .args(["build", "--release", "-p", "api"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build --release -p api failed");
+        }
+    }
+    let bench = Bench {
+        common,
+        run,
+        dir: tempfile::tempdir()?,
+        tag: chrono::Utc::now().timestamp().to_string(),
+    };
+    let indexed_url = seed::with_database(&common.database_url, &common.database);
+    let noidx_url =
+        seed::with_database(&common.database_url, &format!("{}_noidx", common.database));
+    let scenarios: Vec<Scenario> = scenarios::all(common.users)
+        .into_iter()
+        .filter(|s| run.scenarios.is_empty() || run.scenarios.iter().any(|name| name == s.name))
+        .collect();
+    let configs: Vec<Config> = run
+        .configs
+        .iter()
+        .map(|name| config(name))
+        .collect::<Result<_>>()?;
+    let mut report = Report {
+        users: common.users,
+        connections: run.connections,
+        seconds: run.seconds,
+        rounds: run.rounds,
+        configs: run.configs.clone(),
+        scenarios: scenarios.iter().map(|s| s.name.to_owned()).collect(),
+        service: BTreeMap::new(),
+        pgbench: BTreeMap::new(),
+        sweep: BTreeMap::new(),
+        explain: explain::compare(&indexed_url, &noidx_url, common.users).await?,
+    };
+    let duration = Duration::from_secs(run.seconds);
+    for round in 0..run.rounds {
+        for config in &configs {
+            let url = if config.indexed {
+                &indexed_url
+            } else {
+                &noidx_url
+            };
+            eprintln!("round {} / {}: {}", round + 1, run.rounds, config.name);
+            for (scenario, sample) in bench
+                .service_run(url, &config.env, &scenarios, duration)
+                .await?
+            {
+                report
+                    .service
+                    .entry((config.name.clone(), scenario))
+                    .or_default()
+                    .push(sample);
+            }
+        }
+        for scenario in &scenarios {
+            eprintln!(
+                "round {} / {}: pgbench {}",
+                round + 1,
+                run.rounds,
+                scenario.name
+            );
+            let measured = bench.pgbench(scenario, &indexed_url, duration).await?;
+            report
+                .pgbench
+                .entry(scenario.name.to_owned())
+                .or_default()
+                .push(measured);
+        }
+        let sweep_scenarios: Vec<&Scenario> = scenarios
+            .iter()
+            .filter(|s| s.name == "get by id" || s.name == "mix 80/20")
+            .collect();
+        for &size in &run.sweep {
+            eprintln!("round {} / {}: pool {size}", round + 1, run.rounds);
+            let env = config(&format!("pool-{size}"))?.env;
+            let chosen: Vec<Scenario> = sweep_scenarios
+                .iter()
+                .map(|s| Scenario {
+                    name: s.name,
+                    lua: s.lua,
+                    pgbench: Vec::new(),
+                })
+                .collect();
+            for (scenario, sample) in bench
+                .service_run(&indexed_url, &env, &chosen, duration)
+                .await?
+            {
+                report
+                    .sweep
+                    .entry((size, scenario))
+                    .or_default()
+                    .push(sample);
+            }
+        }
+    }
+    Ok(report)
+}
+
+impl Bench<'_> {
+    /// Starts the service with `env`, warms it, then measures each scenario in turn.
+    async fn service_run(
+        &self,
+        url: &str,
+        env: &[(String, String)],
+        scenarios: &[Scenario],
+        duration: Duration,
+    ) -> Result<Vec<(String, Sample)>> {
+        let binary = std::fs::canonicalize(&self.run.binary).context("the api binary")?;
+        let service = Service::start(&binary, url, env).await?;
+        let target = format!("http://{}", service::PUBLIC);
+        let warm = self.script("get_by_id", url).await?;
+        load::wrk(
+            &warm,
+            &target,
+            self.run.connections,
+            2,
+            Duration::from_secs(2),
+        )
+        .await?;
+        let mut samples = Vec::new();
+        for scenario in scenarios {
+            let script = self.script(scenario.lua, url).await?;
+            let cpu_before = service.cpu_seconds();
+            let measured = load::wrk(&script, &target, self.run.connections, 2, duration).await?;
+            let cpu = (service.cpu_seconds() - cpu_before) / duration.as_secs_f64();
+            let rss_mib = service.rss() as f64 / (1024.0 * 1024.0);
+            eprintln!(
+                "  {:<16} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  rss {:.0} MiB  cpu {:.2}",
+                scenario.name,
+                measured.requests_per_sec,
+                measured.p50_ms,
+                measured.p99_ms,
+                measured.errors,
+                rss_mib,
+                cpu
+            );
+            samples.push((
+                scenario.name.to_owned(),
+                Sample {
+                    load: measured,
+                    rss_mib,
+                    cpu,
+                },
+            ));
+        }
+        service.stop().await?;
+        Ok(samples)
+    }
+
+    /// The wrk script for one scenario, with the current versions of the users it updates.
+    async fn script(&self, scenario: &str, url: &str) -> Result<PathBuf> {
+        let updates = self.dir.path().join("updates.txt");
+        if scenario == "update" || scenario == "mix" {
+            write_versions(url, scenarios::update_users(self.common.users), &updates).await?;
+        }
+        let deep = scenarios::deep_user(self.common.users);
+        let cursor = Cursor {
+            order: Order::CreatedDesc,
+            at: data::created_at(deep),
+            id: data::id(deep),
+        }
+        .encode();
+        let prefixes: Vec<String> = data::PREFIXES.iter().map(|p| format!("\"{p}\"")).collect();
+        let lua = include_str!("../scripts/load.lua")
+            .replace("{{USERS}}", &self.common.users.to_string())
+            .replace("{{BASE_MS}}", &data::BASE_MS.to_string())
+            .replace("{{STEP_MS}}", &data::STEP_MS.to_string())
+            // A fresh tag per script: creates never repeat an email of an earlier run.
+            .replace(
+                "{{TAG}}",
+                &format!("{}{}", self.tag, chrono::Utc::now().timestamp_micros()),
+            )
+            .replace("{{THREADS}}", "2")
+            .replace("{{PREFIXES}}", &prefixes.join(", "))
+            .replace("{{DEEP_CURSOR}}", &cursor)
+            .replace("{{UPDATE_FILE}}", &updates.display().to_string())
+            .replace("{{SCENARIO}}", scenario);
+        let path = self.dir.path().join(format!("{scenario}.lua"));
+        std::fs::write(&path, lua)?;
+        Ok(path)
+    }
+
+    async fn pgbench(
+        &self,
+        scenario: &Scenario,
+        url: &str,
+        duration: Duration,
+    ) -> Result<Measured> {
+        let mut scripts = Vec::new();
+        for (i, (sql, weight)) in scenario.pgbench.iter().enumerate() {
+            let path = self.dir.path().join(format!("{}-{i}.sql", scenario.lua));
+            std::fs::write(&path, sql)?;
+            scripts.push((path, *weight));
+        }
+        load::pgbench(&scripts, url, self.run.connections, 2, duration).await
+    }
+}
+
+/// Writes "n version" for each user the update scenarios touch, read from the database.
+async fn write_versions(url: &str, users: u64, path: &Path) -> Result<()> {
+    let mut conn = PgConnection::connect(url).await?;
+    let ids: Vec<uuid::Uuid> = (1..=users).map(data::id).collect();
+    let rows: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT id, version FROM users WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut conn)
+            .await?;
+    let versions: std::collections::HashMap<uuid::Uuid, i64> = rows.into_iter().collect();
+    let mut lines = String::new();
+    for (n, id) in (1..=users).zip(&ids) {
+        if let Some(version) = versions.get(id) {
+            lines.push_str(&format!("{n} {version}\n"));
+        }
+    }
+    std::fs::write(path, lines)?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Seeds a small database, runs every scenario briefly on the given binary and pgbench once,
+/// and fails unless each answered without errors.
+async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
+    let database = format!("userbench_smoke_{}", std::process::id());
+    let common = Common {
+        users: 2_000,
+        database_url: database_url.clone(),
+        database: database.clone(),
+    };
+    seed_both(&common).await?;
+    let out = tempfile::tempdir()?;
+    let run = RunArgs {
+        skip_seed: true,
+        seconds: 1,
+        rounds: 1,
+        connections: 4,
+        configs: vec!["before".into(), "tuned".into()],
+        sweep: vec![2],
+        scenarios: Vec::new(),
+        binary,
+        out: out.path().to_owned(),
+    };
+    let result = measure(&common, &run).await;
+    let mut admin = PgConnection::connect(&database_url).await?;
+    for name in [database.clone(), format!("{database}_noidx")] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+    }
+    let report = result?;
+    report::write(&run.out, &report)?;
+    for ((config, scenario), samples) in &report.service {
+        let sample = samples[0];
+        if sample.load.requests_per_sec <= 0.0 || sample.load.errors > 0 {
+            bail!("{config} / {scenario}: {:?}", sample.load);
+        }
+    }
+    for (scenario, runs) in &report.pgbench {
+        if runs[0].requests_per_sec <= 0.0 {
+            bail!("pgbench {scenario}: {:?}", runs[0]);
+        }
+    }
+    for file in ["RESULTS.md", "results.svg"] {
+        let written =
+            std::fs::metadata(out.path().join(file)).with_context(|| format!("{file} written"))?;
+        if written.len() == 0 {
+            bail!("{file} is empty");
+        }
+    }
+    println!(
+        "bench smoke: {} scenarios x {} configurations ran without errors",
+        report.scenarios.len(),
+        report.configs.len()
+    );
+    Ok(())
+}

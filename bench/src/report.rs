@@ -1,0 +1,390 @@
+//! bench/RESULTS.md and bench/results.svg from one run's measurements.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use plotters::prelude::*;
+
+use crate::load::Measured;
+use crate::{Report, Sample};
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// Medians over rounds of one (config, scenario).
+#[derive(Clone, Copy)]
+struct Summary {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+    rss: f64,
+    cpu: f64,
+}
+
+fn summarize(samples: &[Sample]) -> Summary {
+    Summary {
+        rps: median(samples.iter().map(|s| s.load.requests_per_sec).collect()),
+        p50: median(samples.iter().map(|s| s.load.p50_ms).collect()),
+        p99: median(samples.iter().map(|s| s.load.p99_ms).collect()),
+        errors: samples.iter().map(|s| s.load.errors).sum(),
+        rss: samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max),
+        cpu: median(samples.iter().map(|s| s.cpu).collect()),
+    }
+}
+
+fn pgbench_rps(report: &Report, scenario: &str) -> f64 {
+    median(
+        report
+            .pgbench
+            .get(scenario)
+            .map(|runs| runs.iter().map(|m: &Measured| m.requests_per_sec).collect())
+            .unwrap_or_default(),
+    )
+}
+
+fn service(report: &Report, config: &str, scenario: &str) -> Option<Summary> {
+    report
+        .service
+        .get(&(config.to_owned(), scenario.to_owned()))
+        .map(|s| summarize(s))
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']))
+        .unwrap_or("?");
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    format!(
+        "{} cores ({model}), {memory} memory",
+        command_output("nproc", &[])
+    )
+}
+
+pub fn write(out: &Path, report: &Report) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut md = String::new();
+    writeln!(md, "# Benchmark results\n")?;
+    writeln!(
+        md,
+        "Written by `cargo run --release -p bench -- run` (bench/README.md); rerun it to reproduce.\n"
+    )?;
+    writeln!(md, "- machine: {}", machine())?;
+    writeln!(
+        md,
+        "- date: {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    )?;
+    writeln!(
+        md,
+        "- commit: {}",
+        command_output("git", &["rev-parse", "--short", "HEAD"])
+    )?;
+    writeln!(
+        md,
+        "- PostgreSQL: {}",
+        command_output("psql", &["--version"])
+    )?;
+    writeln!(
+        md,
+        "- {} users; wrk and pgbench closed loop at {} connections (2 threads each), {} s per measurement, {} rounds alternating the configurations; medians; TLS off on both sides\n",
+        report.users, report.connections, report.seconds, report.rounds
+    )?;
+    writeln!(
+        md,
+        "The service, PostgreSQL and the load generator share the machine's cores: ratios measured in one run are what carries over, absolute numbers drift.\n"
+    )?;
+
+    for config in &report.configs {
+        writeln!(md, "## Configuration `{config}`\n")?;
+        writeln!(
+            md,
+            "| scenario | req/s | p50 ms | p99 ms | errors | RSS MiB | CPU (cores) | pgbench tps | service / pgbench |"
+        )?;
+        writeln!(
+            md,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )?;
+        for scenario in &report.scenarios {
+            if let Some(s) = service(report, config, scenario) {
+                let pg = pgbench_rps(report, scenario);
+                writeln!(
+                    md,
+                    "| {scenario} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.0} | {:.2}x |",
+                    s.rps,
+                    s.p50,
+                    s.p99,
+                    s.errors,
+                    s.rss,
+                    s.cpu,
+                    pg,
+                    s.rps / pg
+                )?;
+            }
+        }
+        writeln!(md)?;
+    }
+
+    let has = |c: &str| report.configs.iter().any(|x| x == c);
+    if has("before") && has("plan1") {
+        writeln!(md, "## Does plan 1 deliver 2-3x QPS?\n")?;
+        writeln!(
+            md,
+            "| scenario | before req/s | plan1 req/s | plan1 / before | tuned / plan1 |"
+        )?;
+        writeln!(md, "| --- | ---: | ---: | ---: | ---: |")?;
+        let mut ratios = Vec::new();
+        for scenario in &report.scenarios {
+            if let (Some(before), Some(plan1)) = (
+                service(report, "before", scenario),
+                service(report, "plan1", scenario),
+            ) {
+                let tuned = service(report, "tuned", scenario)
+                    .map(|t| format!("{:.2}x", t.rps / plan1.rps))
+                    .unwrap_or_default();
+                let ratio = plan1.rps / before.rps;
+                ratios.push(ratio);
+                writeln!(
+                    md,
+                    "| {scenario} | {:.0} | {:.0} | {ratio:.2}x | {tuned} |",
+                    before.rps, plan1.rps
+                )?;
+            }
+        }
+        let geomean =
+            (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64).exp();
+        writeln!(
+            md,
+            "\nGeometric mean of plan1 / before over the scenarios: **{geomean:.2}x**.\n"
+        )?;
+    }
+
+    if !report.sweep.is_empty() {
+        writeln!(
+            md,
+            "## Pool size sweep ({} connections, tuned settings)\n",
+            report.connections
+        )?;
+        writeln!(
+            md,
+            "| pool size | get by id req/s | get by id p99 ms | mix req/s | mix p99 ms |"
+        )?;
+        writeln!(md, "| ---: | ---: | ---: | ---: | ---: |")?;
+        let sizes: std::collections::BTreeSet<u32> =
+            report.sweep.keys().map(|(size, _)| *size).collect();
+        for size in sizes {
+            let cell = |scenario: &str| {
+                report
+                    .sweep
+                    .get(&(size, scenario.to_owned()))
+                    .map(|s| summarize(s))
+                    .map_or(("-".into(), "-".into()), |s| {
+                        (format!("{:.0}", s.rps), format!("{:.2}", s.p99))
+                    })
+            };
+            let (get_rps, get_p99) = cell("get by id");
+            let (mix_rps, mix_p99) = cell("mix 80/20");
+            writeln!(
+                md,
+                "| {size} | {get_rps} | {get_p99} | {mix_rps} | {mix_p99} |"
+            )?;
+        }
+        writeln!(md)?;
+    }
+
+    writeln!(
+        md,
+        "## Query times with and without the indexes (EXPLAIN ANALYZE, best of three)\n"
+    )?;
+    writeln!(md, "| query | with indexes ms | without ms | speed-up |")?;
+    writeln!(md, "| --- | ---: | ---: | ---: |")?;
+    for timing in &report.explain {
+        match timing.unindexed_ms {
+            Some(without) => writeln!(
+                md,
+                "| {} | {:.3} | {:.3} | {:.0}x |",
+                timing.query,
+                timing.indexed_ms,
+                without,
+                without / timing.indexed_ms
+            )?,
+            None => writeln!(md, "| {} | {:.3} | | |", timing.query, timing.indexed_ms)?,
+        }
+    }
+    writeln!(md)?;
+
+    if has("tuned") {
+        writeln!(md, "## Targets (configuration `tuned`)\n")?;
+        writeln!(md, "| target | measured | met |")?;
+        writeln!(md, "| --- | ---: | :---: |")?;
+        let ratio = |scenario: &str| {
+            service(report, "tuned", scenario).map(|s| s.rps / pgbench_rps(report, scenario))
+        };
+        let mut target =
+            |what: &str, value: Option<f64>, unit: &str, ok: &dyn Fn(f64) -> bool| -> Result<()> {
+                match value {
+                    Some(v) => writeln!(
+                        md,
+                        "| {what} | {v:.2}{unit} | {} |",
+                        if ok(v) { "yes" } else { "no" }
+                    )?,
+                    None => writeln!(md, "| {what} | not measured | |")?,
+                }
+                Ok(())
+            };
+        target("get by id >= 0.6x pgbench", ratio("get by id"), "x", &|v| {
+            v >= 0.6
+        })?;
+        target(
+            "lookup by email >= 0.5x pgbench",
+            ratio("lookup by email"),
+            "x",
+            &|v| v >= 0.5,
+        )?;
+        target(
+            "name prefix >= 0.5x pgbench",
+            ratio("name prefix"),
+            "x",
+            &|v| v >= 0.5,
+        )?;
+        target("create >= 0.5x pgbench", ratio("create"), "x", &|v| {
+            v >= 0.5
+        })?;
+        let deep = service(report, "tuned", "list deep page").zip(service(
+            report,
+            "tuned",
+            "list first page",
+        ));
+        target(
+            "deep-page p99 <= 1.5x first-page p99",
+            deep.map(|(d, f)| d.p99 / f.p99),
+            "x",
+            &|v| v <= 1.5,
+        )?;
+        let max_rss = report
+            .scenarios
+            .iter()
+            .filter_map(|s| service(report, "tuned", s))
+            .map(|s| s.rss)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        target("RSS under load < 64 MiB", max_rss, " MiB", &|v| v < 64.0)?;
+        target(
+            "get by id p99 < 10 ms",
+            service(report, "tuned", "get by id").map(|s| s.p99),
+            " ms",
+            &|v| v < 10.0,
+        )?;
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "![requests per second by configuration and scenario](results.svg)"
+    )?;
+    std::fs::write(out.join("RESULTS.md"), md)?;
+    chart(&out.join("results.svg"), report)
+}
+
+fn chart(path: &Path, report: &Report) -> Result<()> {
+    let mut series: Vec<(String, Vec<f64>)> = report
+        .configs
+        .iter()
+        .map(|config| {
+            let values = report
+                .scenarios
+                .iter()
+                .map(|s| service(report, config, s).map_or(0.0, |s| s.rps))
+                .collect();
+            (config.clone(), values)
+        })
+        .collect();
+    series.push((
+        "pgbench".into(),
+        report
+            .scenarios
+            .iter()
+            .map(|s| pgbench_rps(report, s))
+            .map(|v| if v.is_nan() { 0.0 } else { v })
+            .collect(),
+    ));
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (1200, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let scenarios = report.scenarios.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "req/s by configuration and scenario ({} users, {} connections)",
+                report.users, report.connections
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..scenarios as f64, 0f64..top)?;
+    let names = report.scenarios.clone();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(scenarios * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("requests per second")
+        .draw()?;
+    let width = 0.8 / series.len() as f64;
+    for (j, (name, values)) in series.iter().enumerate() {
+        let color = Palette99::pick(j).to_rgba();
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                let x0 = i as f64 + 0.1 + j as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
+            }))?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The service under test: the release binary started with a named configuration, and its
+//! resource use read from /proc.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+pub const PUBLIC: &str = "127.0.0.1:18080";
+const ADMIN: &str = "127.0.0.1:19464";
+
+pub struct Service {
+    child: Child,
+    pid: u32,
+}
+
+impl Service {
+    pub async fn start(
+        binary: &Path,
+        database_url: &str,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", database_url)
+            .env("HTTP_ADDR", PUBLIC)
+            .env("ADMIN_ADDR", ADMIN)
+            .env("RUN_MIGRATIONS", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let pid = child.id().context("the service's pid")?;
+        let service = Service { child, pid };
+        for _ in 0..300 {
+            if get(PUBLIC.parse()?, "/health/ready")
+                .await
+                .is_ok_and(|status| status == 200)
+            {
+                return Ok(service);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the service did not become ready")
+    }
+
+    /// Resident memory now, in bytes.
+    pub fn rss(&self) -> u64 {
+        status_kib(self.pid, "VmRSS:") * 1024
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        ticks / clock_ticks()
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        Ok(())
+    }
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Result<u16> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
