@@ -3,9 +3,11 @@
 
 pub mod config;
 pub mod db;
+pub mod docs;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod security;
 pub mod users;
 
 use std::collections::HashMap;
@@ -14,15 +16,20 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use governor::DefaultKeyedRateLimiter;
 use observability::metrics::Metrics;
 use poem::endpoint::BoxEndpoint;
+use poem::http::Method;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::middleware::Cors;
 use poem::{EndpointExt, Route, Server};
 use poem_openapi::{OpenApiService, OperationId};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::config::Config;
+use crate::docs::Docs;
 use crate::health::HealthApi;
+use crate::security::{Guard, SecurityHeaders, Tokens};
 use crate::users::repository::{OPERATIONS, UserRepository};
 use crate::users::routes::UsersApi;
 
@@ -31,6 +38,7 @@ pub struct App {
     config: Config,
     db: DatabaseConnection,
     metrics: Metrics,
+    rate_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
     public: Arc<BoxEndpoint<'static>>,
 }
 
@@ -90,11 +98,22 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
     }
     let metrics = Metrics::install();
     observability::db::register_operations(&OPERATIONS);
-    let public = Arc::new(routes(&config, db.clone()));
+    if config.api_tokens.is_empty() && config.api_read_tokens.is_empty() {
+        tracing::warn!(
+            "API_TOKENS and API_READ_TOKENS are unset: /api/v1 is open to anyone who can reach it"
+        );
+    }
+    let guard = Guard::new(
+        Tokens::new(&config.api_tokens, &config.api_read_tokens),
+        config.rate_limit_per_second,
+    );
+    let rate_limiter = guard.limiter();
+    let public = Arc::new(routes(&config, db.clone(), guard));
     Ok(App {
         config,
         db,
         metrics,
+        rate_limiter,
         public,
     })
 }
@@ -126,19 +145,45 @@ fn api_service(
 /// The OpenAPI document the service serves at `/openapi.json`.
 pub fn openapi_spec() -> String {
     let config = Config::from_lookup(|_| None).expect("the defaults are valid");
-    api_service(&config, DatabaseConnection::default()).spec()
+    Docs::new(&api_service(&config, DatabaseConnection::default())).spec
 }
 
-fn routes(config: &Config, db: DatabaseConnection) -> BoxEndpoint<'static> {
+fn routes(config: &Config, db: DatabaseConnection, guard: Guard) -> BoxEndpoint<'static> {
     let api = api_service(config, db);
     let templates = route_templates(&api.spec());
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let docs = Docs::new(&api);
+    let security_headers = SecurityHeaders::new(&docs.csp);
+    let Docs {
+        spec, swagger_html, ..
+    } = docs;
+    let spec_endpoint = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(spec.clone())
+    });
+    let docs_endpoint = poem::endpoint::make_sync(move |_| poem::web::Html(swagger_html.clone()));
     let route = Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs);
-    http::problem_errors(http::limit_body(route))
+        .at("/openapi.json", spec_endpoint)
+        .at("/docs", docs_endpoint);
+    let cors = (!config.cors_allowed_origins.is_empty()).then(|| {
+        Cors::new()
+            .allow_origins(config.cors_allowed_origins.iter().map(String::as_str))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "if-match",
+                "if-none-match",
+                "x-request-id",
+            ])
+            .expose_headers(["etag", "location", "retry-after", "x-request-id"])
+            .max_age(600)
+    });
+    // Outermost first: metrics see every final status; the guard refuses before a body is read.
+    http::problem_errors(http::limit_body(route).with(guard))
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .with(security_headers)
         .with(observability::http::Observe::new(move |response| {
             let operation = response.data::<OperationId>()?;
             templates.get(operation.0).cloned()
@@ -182,6 +227,7 @@ pub async fn run_until(
         config,
         db,
         metrics,
+        rate_limiter,
         public,
     } = app;
     let refresh_pool = {
@@ -190,10 +236,11 @@ pub async fn run_until(
         move || observability::db::record_pool(db::pool_state(&db, &pool))
     };
     refresh_pool();
-    let background = tokio::spawn(refresh_metrics(
+    let background = tokio::spawn(housekeeping(
         metrics.clone(),
         refresh_pool.clone(),
         config.pool.metrics_interval,
+        rate_limiter,
     ));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = Route::new().at(
@@ -228,14 +275,27 @@ pub async fn run_until(
     served
 }
 
-/// Refreshes the pool gauges every `interval` and runs the recorder's upkeep.
-async fn refresh_metrics(metrics: Metrics, refresh_pool: impl Fn(), interval: std::time::Duration) {
+/// Refreshes the pool gauges every `interval`, runs the recorder's upkeep, and forgets idle
+/// rate-limit keys.
+async fn housekeeping(
+    metrics: Metrics,
+    refresh_pool: impl Fn(),
+    interval: std::time::Duration,
+    rate_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+) {
     let mut pool_tick = tokio::time::interval(interval);
     let mut upkeep_tick = tokio::time::interval(observability::metrics::UPKEEP_INTERVAL);
+    let mut limiter_tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = pool_tick.tick() => refresh_pool(),
             _ = upkeep_tick.tick() => metrics.run_upkeep(),
+            _ = limiter_tick.tick() => {
+                if let Some(limiter) = &rate_limiter {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            }
         }
     }
 }

@@ -1,0 +1,243 @@
+//! Bearer tokens, rate limiting, CORS and the security headers.
+
+mod common;
+
+use common::{Backend, TestApp, assert_problem};
+use poem::http::StatusCode;
+use serde_json::json;
+
+const TOKENS: [(&str, &str); 2] = [
+    ("API_TOKENS", "writer-secret,second-writer"),
+    ("API_READ_TOKENS", "reader-secret"),
+];
+
+#[tokio::test]
+async fn tokens_gate_the_api_but_not_probes_or_docs() {
+    let app = TestApp::with(Backend::Sqlite, &TOKENS).await;
+    let create = |token: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post("/api/v1/users")
+            .body_json(&json!({"email": "t@example.com", "name": "T"}));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.send()
+    };
+    let missing = create(None).await;
+    assert_problem(missing, 401, "unauthorized").await;
+    assert_problem(create(Some("wrong")).await, 401, "unauthorized").await;
+    assert_problem(create(Some("reader-secret")).await, 403, "forbidden").await;
+    create(Some("writer-secret"))
+        .await
+        .assert_status(StatusCode::CREATED);
+    create(Some("second-writer"))
+        .await
+        .assert_status(StatusCode::CONFLICT);
+
+    let read = app
+        .client
+        .get("/api/v1/users")
+        .header("authorization", "Bearer reader-secret")
+        .send()
+        .await;
+    read.assert_status_is_ok();
+    let lowercase_scheme = app
+        .client
+        .get("/api/v1/users")
+        .header("authorization", "bearer writer-secret")
+        .send()
+        .await;
+    lowercase_scheme.assert_status_is_ok();
+    assert_problem(
+        app.client.get("/api/v1/users").send().await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let basic = app
+        .client
+        .get("/api/v1/users")
+        .header("authorization", "Basic d3JpdGVyLXNlY3JldA==")
+        .send()
+        .await;
+    assert_problem(basic, 401, "unauthorized").await;
+    for open in ["/health/live", "/health/ready", "/openapi.json", "/docs"] {
+        app.client.get(open).send().await.assert_status_is_ok();
+    }
+}
+
+#[tokio::test]
+async fn without_tokens_the_api_is_open() {
+    let app = TestApp::new(Backend::Sqlite).await;
+    app.client
+        .get("/api/v1/users")
+        .send()
+        .await
+        .assert_status_is_ok();
+}
+
+#[tokio::test]
+async fn the_spec_declares_bearer_auth_on_the_api_only() {
+    let app = TestApp::new(Backend::Sqlite).await;
+    let spec: serde_json::Value = app
+        .client
+        .get("/openapi.json")
+        .send()
+        .await
+        .json()
+        .await
+        .value()
+        .deserialize();
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        spec["paths"]["/api/v1/users"]["post"]["security"],
+        json!([{"bearerAuth": []}])
+    );
+    assert!(spec["paths"]["/health/live"]["get"]["security"].is_null());
+    let docs = app
+        .client
+        .get("/docs")
+        .send()
+        .await
+        .0
+        .into_body()
+        .into_string()
+        .await
+        .unwrap();
+    assert!(
+        docs.contains("bearerAuth"),
+        "Swagger UI shows the Authorize button"
+    );
+}
+
+#[tokio::test]
+async fn over_the_rate_a_client_gets_429_with_retry_after() {
+    let app = TestApp::with(
+        Backend::Sqlite,
+        &[("RATE_LIMIT_PER_SECOND", "3"), TOKENS[0], TOKENS[1]],
+    )
+    .await;
+    let get = |token: &'static str| {
+        app.client
+            .get("/api/v1/users")
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get("writer-secret").await.0.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    let limited = get("writer-secret").await;
+    assert!(limited.0.headers().contains_key("retry-after"));
+    assert_problem(limited, 429, "rate_limited").await;
+    // Another token has its own budget.
+    get("reader-secret").await.assert_status_is_ok();
+    // Probes are never limited.
+    for _ in 0..10 {
+        app.client
+            .get("/health/live")
+            .send()
+            .await
+            .assert_status_is_ok();
+    }
+}
+
+#[tokio::test]
+async fn cors_admits_only_configured_origins() {
+    let app = TestApp::with(
+        Backend::Sqlite,
+        &[("CORS_ALLOWED_ORIGINS", "https://app.example.com")],
+    )
+    .await;
+    let preflight = app
+        .client
+        .options("/api/v1/users")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,authorization",
+        )
+        .send()
+        .await;
+    preflight.assert_status_is_ok();
+    preflight.assert_header("access-control-allow-origin", "https://app.example.com");
+    let simple = app
+        .client
+        .get("/api/v1/users")
+        .header("origin", "https://app.example.com")
+        .send()
+        .await;
+    simple.assert_header("access-control-allow-origin", "https://app.example.com");
+    let exposed = simple.0.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        exposed.contains("etag") && exposed.contains("location"),
+        "{exposed}"
+    );
+    let foreign = app
+        .client
+        .get("/api/v1/users")
+        .header("origin", "https://evil.example.net")
+        .send()
+        .await;
+    assert!(
+        !foreign
+            .0
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let without = TestApp::new(Backend::Sqlite).await;
+    let response = without
+        .client
+        .get("/api/v1/users")
+        .header("origin", "https://app.example.com")
+        .send()
+        .await;
+    assert!(
+        !response
+            .0
+            .headers()
+            .contains_key("access-control-allow-origin"),
+        "no CORS unless configured"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let app = TestApp::new(Backend::Sqlite).await;
+    let created = app.create("h@example.com", "H").await;
+    for response in [
+        created,
+        app.client.get("/api/v1/users/not-a-uuid").send().await,
+    ] {
+        response.assert_header("x-content-type-options", "nosniff");
+        response.assert_header("x-frame-options", "DENY");
+        response.assert_header("cache-control", "private, no-cache");
+    }
+    let docs = app.client.get("/docs").send().await;
+    let csp = docs.0.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'sha256-") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert!(
+        !csp.split(';')
+            .any(|d| d.trim().starts_with("script-src") && d.contains("unsafe-inline")),
+        "{csp}"
+    );
+    let live = app.client.get("/health/live").send().await;
+    live.assert_header("x-content-type-options", "nosniff");
+}
