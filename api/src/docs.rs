@@ -78,7 +78,7 @@ fn csp(html: &str) -> String {
         };
         hashes.push(format!(
             "'sha256-{}'",
-            STANDARD.encode(Sha256::digest(body[..end].as_bytes()))
+            STANDARD.encode(Sha256::digest(&body.as_bytes()[..end]))
         ));
         rest = &body[end..];
     }
