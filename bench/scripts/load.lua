@@ -8,6 +8,8 @@ local THREADS = {{THREADS}}
 local PREFIXES = { {{PREFIXES}} }
 local DEEP_CURSOR = "{{DEEP_CURSOR}}"
 local UPDATE_FILE = "{{UPDATE_FILE}}"
+-- Pause per connection between requests (soak runs at a set rate); 0 for a closed loop.
+local DELAY_MS = {{DELAY_MS}}
 
 local threads = {}
 function setup(thread)
@@ -95,6 +97,12 @@ local function mix()
 end
 
 request = {{SCENARIO}}
+
+if DELAY_MS > 0 then
+  function delay()
+    return DELAY_MS
+  end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

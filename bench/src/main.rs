@@ -44,6 +44,23 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Ten minutes of the mix at a set rate on the seeded database: RSS over time, errors, p99.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        /// Requests per second to aim at (about half the peak the bench measured).
+        #[arg(long)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        #[arg(long, default_value = "target/release/api")]
+        binary: PathBuf,
+        /// Where SOAK.md goes.
+        #[arg(long, default_value = "bench")]
+        out: PathBuf,
+    },
     /// A few seconds on a small database: proves the tool works, measures nothing (CI).
     Smoke {
         /// The api binary to run (a debug build is fine here).
@@ -116,6 +133,14 @@ async fn main() -> Result<()> {
             binary,
             database_url,
         } => smoke(binary, database_url).await,
+        Command::Soak {
+            common,
+            rate,
+            minutes,
+            connections,
+            binary,
+            out,
+        } => soak(&common, rate, minutes, connections, binary, &out).await,
     }
 }
 
@@ -378,6 +403,10 @@ impl Bench<'_> {
 
     /// The wrk script for one scenario, with the current versions of the users it updates.
     async fn script(&self, scenario: &str, url: &str) -> Result<PathBuf> {
+        self.paced_script(scenario, url, 0).await
+    }
+
+    async fn paced_script(&self, scenario: &str, url: &str, delay_ms: u64) -> Result<PathBuf> {
         let updates = self.dir.path().join("updates.txt");
         if scenario == "update" || scenario == "mix" {
             write_versions(url, scenarios::update_users(self.common.users), &updates).await?;
@@ -403,6 +432,7 @@ impl Bench<'_> {
             .replace("{{PREFIXES}}", &prefixes.join(", "))
             .replace("{{DEEP_CURSOR}}", &cursor)
             .replace("{{UPDATE_FILE}}", &updates.display().to_string())
+            .replace("{{DELAY_MS}}", &delay_ms.to_string())
             .replace("{{SCENARIO}}", scenario);
         let path = self.dir.path().join(format!("{scenario}.lua"));
         std::fs::write(&path, lua)?;
@@ -443,6 +473,70 @@ async fn write_versions(url: &str, users: u64, path: &Path) -> Result<()> {
     }
     std::fs::write(path, lines)?;
     conn.close().await?;
+    Ok(())
+}
+
+/// Runs the mix at about `rate` requests per second for `minutes`, sampling the service's RSS
+/// every 10 s, and writes SOAK.md.
+async fn soak(
+    common: &Common,
+    rate: u32,
+    minutes: u64,
+    connections: u32,
+    binary: PathBuf,
+    out: &Path,
+) -> Result<()> {
+    let run = RunArgs {
+        skip_seed: true,
+        seconds: minutes * 60,
+        rounds: 1,
+        connections,
+        configs: vec!["tuned".into()],
+        sweep: Vec::new(),
+        scenarios: Vec::new(),
+        binary,
+        out: out.to_owned(),
+    };
+    let bench = Bench {
+        common,
+        run: &run,
+        dir: tempfile::tempdir()?,
+        tag: chrono::Utc::now().timestamp().to_string(),
+    };
+    let url = seed::with_database(&common.database_url, &common.database);
+    let service = Service::start(&std::fs::canonicalize(&run.binary)?, &url, &[]).await?;
+    // Each connection waits connections/rate seconds between requests (less its own latency,
+    // which wrk does not subtract: the achieved rate is a little under the target).
+    let delay_ms = (u64::from(connections) * 1000 / u64::from(rate.max(1))).max(1);
+    let script = bench.paced_script("mix", &url, delay_ms).await?;
+    let target = format!("http://{}", service::PUBLIC);
+    let duration = Duration::from_secs(minutes * 60);
+    let load = tokio::spawn({
+        let script = script.clone();
+        async move { load::wrk(&script, &target, connections, 2, duration).await }
+    });
+    let mut samples = Vec::new();
+    let started = std::time::Instant::now();
+    while !load.is_finished() {
+        samples.push((
+            started.elapsed().as_secs(),
+            service.rss() as f64 / (1024.0 * 1024.0),
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let measured = load.await??;
+    service.stop().await?;
+    let mut md = format!(
+        "# Soak\n\n{minutes} minutes of the 80/20 mix at a target of {rate} req/s ({connections} connections, {delay_ms} ms between requests on each), configuration `tuned`, {} users.\n\n\
+         - achieved: {:.0} req/s\n- errors: {}\n- p50: {:.2} ms, p99: {:.2} ms\n\n| seconds | RSS MiB |\n| ---: | ---: |\n",
+        common.users, measured.requests_per_sec, measured.errors, measured.p50_ms, measured.p99_ms
+    );
+    for (at, rss) in &samples {
+        md.push_str(&format!("| {at} | {rss:.1} |\n"));
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("SOAK.md"), &md)?;
+    println!("{md}");
     Ok(())
 }
 
