@@ -199,7 +199,7 @@ async fn the_service_rides_out_a_postgres_restart_and_loses_nothing() {
         200
     );
 
-    let replies = replies.lock().unwrap();
+    let replies = replies.lock().unwrap().clone();
     let limit = Duration::from_secs(ACQUIRE_TIMEOUT_SECS + 1);
     for (status, retry_after, problem, elapsed, _) in replies.iter() {
         if *status == 503 {
