@@ -12,8 +12,10 @@ psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "C
 base=${TEST_DATABASE_URL%%\?*}
 query=${TEST_DATABASE_URL#"$base"}
 port=18181
+# Tokens on, as in production: schemathesis checks that the declared bearer scheme is enforced.
+token=schemathesis-writer
 DATABASE_URL="${base%/*}/$db$query" HTTP_ADDR="127.0.0.1:$port" ADMIN_ADDR=127.0.0.1:19191 RUST_LOG=warn \
-  target/debug/api &
+  API_TOKENS="$token" target/debug/api &
 api=$!
 trap 'kill $api 2>/dev/null || true; wait $api 2>/dev/null || true; psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
 for _ in $(seq 1 100); do
@@ -21,8 +23,9 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-schemathesis run "http://127.0.0.1:$port/openapi.json" \
+schemathesis --config-file scripts/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
   --checks all \
+  --header "Authorization: Bearer $token" \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" \
   --workers 2 \
   --seed 42 \

@@ -1,4 +1,5 @@
-//! The served API description: poem-openapi's document plus the bearer-token security scheme
+//! The served API description: poem-openapi's document, finished where its derive macros
+//! cannot express the contract, plus the bearer-token security scheme
 //! (enforced by `security::Guard`, declared here so Swagger UI's Authorize button and generated
 //! clients know it), Swagger UI on that document, and a CSP that admits exactly Swagger UI's
 //! inline code by hash.
@@ -20,6 +21,8 @@ pub struct Docs {
 
 impl Docs {
     pub fn new<T: OpenApi, W: Webhook>(service: &OpenApiService<T, W>) -> Self {
+        // The document poem-openapi generates, finished (see `finish`) and with the security
+        // scheme.
         let generated = service.spec();
         let spec = with_security(&generated);
         let page = service.swagger_ui_html();
@@ -37,8 +40,19 @@ impl Docs {
     }
 }
 
+/// What poem-openapi cannot say itself: request bodies reject unknown members
+/// (`deny_unknown_fields`), and a last page's `next_cursor` is `null`.
+fn finish(spec: &mut Value) {
+    let schemas = &mut spec["components"]["schemas"];
+    for closed in ["CreateUser", "UpdateUser"] {
+        schemas[closed]["additionalProperties"] = json!(false);
+    }
+    schemas["UserPage"]["properties"]["next_cursor"]["nullable"] = json!(true);
+}
+
 fn with_security(generated: &str) -> String {
     let mut spec: Value = serde_json::from_str(generated).expect("poem-openapi emits JSON");
+    finish(&mut spec);
     spec["components"]["securitySchemes"] = json!({
         "bearerAuth": {
             "type": "http",

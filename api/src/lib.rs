@@ -150,8 +150,13 @@ pub fn openapi_spec() -> String {
 
 fn routes(config: &Config, db: DatabaseConnection, guard: Guard) -> BoxEndpoint<'static> {
     let api = api_service(config, db);
-    let templates = route_templates(&api.spec());
     let docs = Docs::new(&api);
+    let spec_json: serde_json::Value = serde_json::from_str(&docs.spec).expect("the spec is JSON");
+    let templates = route_templates(&spec_json);
+    let methods = Arc::new(http::RouteMethods::new(
+        &spec_json,
+        &[("/openapi.json", "GET"), ("/docs", "GET")],
+    ));
     let security_headers = SecurityHeaders::new(&docs.csp);
     let Docs {
         spec, swagger_html, ..
@@ -181,7 +186,7 @@ fn routes(config: &Config, db: DatabaseConnection, guard: Guard) -> BoxEndpoint<
             .max_age(600)
     });
     // Outermost first: metrics see every final status; the guard refuses before a body is read.
-    http::problem_errors(http::limit_body(route).with(guard))
+    http::problem_errors(http::limit_body(route).with(guard), methods)
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .with(security_headers)
         .with(observability::http::Observe::new(move |response| {
@@ -193,8 +198,7 @@ fn routes(config: &Config, db: DatabaseConnection, guard: Guard) -> BoxEndpoint<
 
 /// Each operation's path in the spec (`/api/v1/users/{id}`), for the `route` metric label:
 /// the router itself knows poem-openapi's renamed parameters (`{param0}`).
-fn route_templates(spec: &str) -> HashMap<String, String> {
-    let spec: serde_json::Value = serde_json::from_str(spec).expect("the spec is JSON");
+fn route_templates(spec: &serde_json::Value) -> HashMap<String, String> {
     let mut templates = HashMap::new();
     for (path, operations) in spec["paths"].as_object().into_iter().flatten() {
         for operation in operations

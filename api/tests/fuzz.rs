@@ -5,7 +5,7 @@
 
 mod common;
 
-use api::users::cursor::{Cursor, Order};
+use api::users::cursor::Cursor;
 use api::users::etag::{if_match, none_match};
 use common::{Backend, TestApp};
 use proptest::prelude::*;
@@ -18,16 +18,16 @@ proptest! {
     }
 
     #[test]
-    fn the_cursor_decoder_never_panics_on_base64ish_input(text in "[A-Za-z0-9_=-]{0,60}") {
-        if let Ok(cursor) = Cursor::decode(&text) {
-            prop_assert_eq!(Cursor::decode(&cursor.encode()), Ok(cursor));
-        }
+    fn every_string_the_spec_admits_is_a_cursor(text in "[A-Za-z0-9_-]{32}") {
+        let cursor = Cursor::decode(&text);
+        prop_assert!(cursor.is_ok());
+        let cursor = cursor.unwrap();
+        prop_assert_eq!(Cursor::decode(&cursor.encode()), Ok(cursor));
     }
 
     #[test]
-    fn cursors_round_trip(created in any::<bool>(), micros in -8_000_000_000_000_000i64..8_000_000_000_000_000, id in any::<u128>()) {
+    fn cursors_round_trip(micros in -200_000_000_000_000_000i64..8_000_000_000_000_000, id in any::<u128>()) {
         let cursor = Cursor {
-            order: if created { Order::CreatedDesc } else { Order::UpdatedAsc },
             at: chrono::DateTime::from_timestamp_micros(micros).unwrap(),
             id: uuid::Uuid::from_u128(id),
         };

@@ -338,6 +338,8 @@ async fn list_rejects_bad_parameters(backend: Backend) {
         "limit=ten",
         "cursor=not-a-cursor",
         "cursor=AAAA",
+        "cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%2B",
         "updated_since=yesterday",
         "name_prefix=",
     ] {
@@ -453,20 +455,15 @@ async fn updated_since_lists_changes_oldest_first(backend: Backend) {
 
     let future = list(&app, "updated_since=2999-01-01T00:00:00Z").await;
     assert_eq!(future["items"], json!([]));
-    // A cursor of the newest-first listing cannot continue the updated_since one.
-    let created_cursor = list(&app, "limit=1").await["next_cursor"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mixed = app
-        .client
-        .get(format!(
-            "/api/v1/users?updated_since={}&cursor={created_cursor}",
-            urlencode(since)
-        ))
-        .send()
-        .await;
-    assert_problem(mixed, 400, "invalid_request").await;
+    // With updated_since, a cursor is a position in the updated order.
+    let first = list(&app, &format!("updated_since={}&limit=2", urlencode(since))).await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let rest = list(
+        &app,
+        &format!("updated_since={}&limit=2&cursor={cursor}", urlencode(since)),
+    )
+    .await;
+    assert_eq!(emails(&rest), [synced[2].clone()]);
 }
 
 fn urlencode(text: &str) -> String {
@@ -528,7 +525,19 @@ async fn patch_honours_if_match(backend: Backend) {
     patch("\"1\"", "One").await.assert_status_is_ok();
     assert_problem(patch("\"1\"", "Stale").await, 412, "version_mismatch").await;
     assert_problem(patch("W/\"2\"", "Weak").await, 412, "version_mismatch").await;
-    assert_problem(patch("garbage", "Garbage").await, 412, "version_mismatch").await;
+    assert_problem(patch("\"abc\"", "Opaque").await, 412, "version_mismatch").await;
+    assert_problem(patch("garbage", "Garbage").await, 400, "invalid_request").await;
+    let binary = app
+        .client
+        .patch(&path)
+        .header(
+            "if-match",
+            poem::http::HeaderValue::from_bytes(b"\"\xc2\x84\"").unwrap(),
+        )
+        .body_json(&json!({"name": "Binary"}))
+        .send()
+        .await;
+    assert_problem(binary, 400, "invalid_request").await;
     patch("\"9\", \"2\"", "Two").await.assert_status_is_ok();
     patch("*", "Any").await.assert_status_is_ok();
     let current = body(app.client.get(&path).send().await).await;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use api::users::cursor::{Cursor, Order};
+use api::users::cursor::Cursor;
 use clap::{Args, Parser, Subcommand};
 use sea_orm::sqlx::{self, Connection, PgConnection};
 
@@ -413,7 +413,6 @@ impl Bench<'_> {
         }
         let deep = scenarios::deep_user(self.common.users);
         let cursor = Cursor {
-            order: Order::CreatedDesc,
             at: data::created_at(deep),
             id: data::id(deep),
         }

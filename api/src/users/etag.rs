@@ -6,10 +6,10 @@ pub fn etag(version: i64) -> String {
     format!("\"{version}\"")
 }
 
-/// `If-Match`: `*` or a list of entity tags, compared strongly (RFC 9110 §13.1.1), so a weak
+/// `If-Match`: absent or empty, `*`, or a list of entity tags, compared strongly (RFC 9110 §13.1.1), so a weak
 /// tag never matches. Tags that are not versions of ours match nothing.
 pub fn if_match(header: Option<&str>) -> Precondition {
-    let Some(header) = header else {
+    let Some(header) = header.filter(|h| !h.trim().is_empty()) else {
         return Precondition::Any;
     };
     if header.trim() == "*" {
@@ -26,7 +26,7 @@ pub fn if_match(header: Option<&str>) -> Precondition {
 /// `If-None-Match`: true when it names the current version, compared weakly (RFC 9110
 /// §13.1.2), or is `*`.
 pub fn none_match(header: Option<&str>, version: i64) -> bool {
-    match header {
+    match header.filter(|h| !h.trim().is_empty()) {
         None => false,
         Some(header) if header.trim() == "*" => true,
         Some(header) => tags(header).any(|tag| tag.version == Some(version)),
@@ -62,6 +62,7 @@ mod tests {
     fn if_match_is_strong() {
         assert_eq!(if_match(None), Precondition::Any);
         assert_eq!(if_match(Some(" * ")), Precondition::Any);
+        assert_eq!(if_match(Some("")), Precondition::Any, "empty is absent");
         assert_eq!(if_match(Some("\"3\"")), Precondition::OneOf(vec![3]));
         assert_eq!(
             if_match(Some("\"1\", \"2\"")),
@@ -81,6 +82,7 @@ mod tests {
         assert!(none_match(Some("*"), 3));
         assert!(!none_match(Some("\"2\""), 3));
         assert!(!none_match(None, 3));
+        assert!(!none_match(Some(" "), 3));
     }
 
     #[test]

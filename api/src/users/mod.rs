@@ -5,3 +5,4 @@ pub mod etag;
 pub mod model;
 pub mod repository;
 pub mod routes;
+pub mod text;

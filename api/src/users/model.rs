@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::users::repository::{NewUser, UserChanges};
+use crate::users::text::Text;
 
 /// A user account.
 #[derive(Debug, Object)]
@@ -50,18 +51,18 @@ pub struct CreateUserRequest {
         max_length = 254,
         pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
     ))]
-    pub email: String,
+    pub email: Text,
     /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
     /// text cannot hold.
     #[oai(validator(max_length = 200, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
-    pub name: String,
+    pub name: Text,
 }
 
 impl From<CreateUserRequest> for NewUser {
     fn from(request: CreateUserRequest) -> Self {
         NewUser {
-            email: request.email,
-            name: request.name.trim().to_owned(),
+            email: request.email.0,
+            name: request.name.0.trim().to_owned(),
         }
     }
 }
@@ -76,11 +77,11 @@ pub struct UpdateUserRequest {
         max_length = 254,
         pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
     ))]
-    pub email: MaybeUndefined<String>,
+    pub email: MaybeUndefined<Text>,
     /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
     /// text cannot hold.
     #[oai(validator(max_length = 200, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
-    pub name: MaybeUndefined<String>,
+    pub name: MaybeUndefined<Text>,
 }
 
 impl TryFrom<UpdateUserRequest> for UserChanges {
@@ -94,11 +95,11 @@ impl TryFrom<UpdateUserRequest> for UserChanges {
     }
 }
 
-fn present(field: &str, value: MaybeUndefined<String>) -> Result<Option<String>, ApiError> {
+fn present(field: &str, value: MaybeUndefined<Text>) -> Result<Option<String>, ApiError> {
     match value {
         MaybeUndefined::Undefined => Ok(None),
         MaybeUndefined::Null => Err(ApiError::invalid_field(field, "must not be null")),
-        MaybeUndefined::Value(value) => Ok(Some(value)),
+        MaybeUndefined::Value(value) => Ok(Some(value.0)),
     }
 }
 

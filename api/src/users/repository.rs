@@ -298,7 +298,6 @@ fn paginate(mut items: Vec<users::Model>, limit: u64, order: Order) -> Page {
     let has_more = items.len() as u64 > limit;
     items.truncate(limit as usize);
     let next = has_more.then(|| items.last()).flatten().map(|last| Cursor {
-        order,
         at: match order {
             Order::CreatedDesc => last.created_at,
             Order::UpdatedAsc => last.updated_at,

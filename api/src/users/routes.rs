@@ -8,7 +8,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi, Tags};
 use uuid::Uuid;
 
-use super::cursor::{Cursor, Order};
+use super::cursor::Cursor;
 use super::etag::{etag, if_match, none_match};
 use super::model::{CreateUserRequest, UpdateUserRequest, User, UserPage};
 use super::repository::{ListQuery, RepoError, UserChanges, UserRepository};
@@ -128,8 +128,14 @@ impl UsersApi {
     async fn get(
         &self,
         id: Path<Uuid>,
-        /// Answer 304 when the user still has one of these versions (weak comparison).
-        #[oai(name = "If-None-Match")]
+        /// Answer 304 when the user still has one of these versions (weak comparison). Empty is
+        /// the same as absent.
+        #[oai(
+            name = "If-None-Match",
+            validator(
+                pattern = r#"^\s*(\*|(W/)?"[\x21\x23-\x7E]*"(\s*,\s*(W/)?"[\x21\x23-\x7E]*")*)?\s*$"#
+            )
+        )]
         if_none_match: Header<Option<String>>,
     ) -> Result<Found, Errors<ReadErrors>> {
         let user = self
@@ -175,7 +181,7 @@ impl UsersApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<u32>>,
         /// The `next_cursor` of the previous page.
-        #[oai(validator(max_length = 64))]
+        #[oai(validator(pattern = "^[A-Za-z0-9_-]{32}$"))]
         cursor: Query<Option<String>>,
         /// Only users whose name starts with this, case-insensitively.
         #[oai(validator(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$"))]
@@ -183,25 +189,12 @@ impl UsersApi {
         /// Only users changed at or after this time (RFC 3339).
         updated_since: Query<Option<DateTime<Utc>>>,
     ) -> Result<Listed, Errors<ListErrors>> {
-        let order = match updated_since.0 {
-            Some(_) => Order::UpdatedAsc,
-            None => Order::CreatedDesc,
-        };
-        let after = match cursor.0.as_deref() {
+        let after = match cursor.0.as_deref().map(Cursor::decode) {
             None => None,
-            Some(text) => match Cursor::decode(text) {
-                Ok(cursor) if cursor.order == order => Some(cursor),
-                Ok(_) => {
-                    return Err(ApiError::invalid_field(
-                        "cursor",
-                        "belongs to a listing with a different updated_since",
-                    )
-                    .into());
-                }
-                Err(error) => {
-                    return Err(ApiError::invalid_field("cursor", error.to_string()).into());
-                }
-            },
+            Some(Ok(cursor)) => Some(cursor),
+            Some(Err(error)) => {
+                return Err(ApiError::invalid_field("cursor", error.to_string()).into());
+            }
         };
         let query = ListQuery {
             limit: limit.0.unwrap_or(DEFAULT_LIMIT).into(),
@@ -226,7 +219,13 @@ impl UsersApi {
         &self,
         id: Path<Uuid>,
         /// Update only if the user still has this version (strong comparison; `*` for any).
-        #[oai(name = "If-Match")]
+        /// Empty is the same as absent.
+        #[oai(
+            name = "If-Match",
+            validator(
+                pattern = r#"^\s*(\*|(W/)?"[\x21\x23-\x7E]*"(\s*,\s*(W/)?"[\x21\x23-\x7E]*")*)?\s*$"#
+            )
+        )]
         if_match_header: Header<Option<String>>,
         body: Json<UpdateUserRequest>,
     ) -> Result<Updated, Errors<UpdateErrors>> {
@@ -246,7 +245,13 @@ impl UsersApi {
         &self,
         id: Path<Uuid>,
         /// Delete only if the user still has this version (strong comparison; `*` for any).
-        #[oai(name = "If-Match")]
+        /// Empty is the same as absent.
+        #[oai(
+            name = "If-Match",
+            validator(
+                pattern = r#"^\s*(\*|(W/)?"[\x21\x23-\x7E]*"(\s*,\s*(W/)?"[\x21\x23-\x7E]*")*)?\s*$"#
+            )
+        )]
         if_match_header: Header<Option<String>>,
     ) -> Result<Deleted, Errors<DeleteErrors>> {
         self.repository
