@@ -20,7 +20,8 @@ const ROWS: u32 = 60_000;
 async fn seed(db: &DatabaseConnection) {
     db.execute_unprepared(&format!(
         "INSERT INTO users (id, email, name, created_at, updated_at, version)
-         SELECT gen_random_uuid(), 'user' || g || '@example.com', md5(g::text) || ' Name',
+         SELECT gen_random_uuid(), 'user' || g || '@example.com',
+                CASE WHEN g % 6 = 0 THEN 'Common ' ELSE '' END || md5(g::text) || ' Name',
                 now() - g * interval '1 second', now() - (g % 5000) * interval '1 minute', 1
          FROM generate_series(1, {ROWS}) AS g;
          ANALYZE users;"
@@ -125,8 +126,68 @@ async fn every_repository_statement_uses_an_index() {
         .unwrap_err();
 
     let statements = statements.lock().unwrap().clone();
+    // Name searches run unprepared (see UserRepository::fetch_unprepared), so each execution
+    // gets a plan for its own prefix: check a rare prefix and a common one, on each listing.
+    let mut searches = Vec::new();
+    for name_prefix in [prefix.clone(), "COMMON".to_owned()] {
+        for (after, updated_since) in [
+            (None, None),
+            (Some(deep_cursor), None),
+            (None, Some(since)),
+            (Some(deep_cursor), Some(since)),
+        ] {
+            let query = ListQuery {
+                limit: 50,
+                after,
+                name_prefix: Some(name_prefix.clone()),
+                updated_since,
+            };
+            repository
+                .list(ListQuery {
+                    name_prefix: Some(name_prefix.clone()),
+                    ..query
+                })
+                .await
+                .unwrap();
+            searches.push((
+                name_prefix.clone(),
+                repository.list_statement(&ListQuery {
+                    limit: 50,
+                    after,
+                    name_prefix: Some(name_prefix.clone()),
+                    updated_since,
+                }),
+            ));
+        }
+    }
+    let mut search_failures = Vec::new();
+    for (i, (name_prefix, statement)) in searches.iter().enumerate() {
+        let plan = explain(&db, statement, 1000 + i, false).await;
+        let (mut names, mut scans) = (Vec::new(), Vec::new());
+        index_names(&plan, &mut names);
+        sequential_scans(&plan, &mut scans);
+        let rare = name_prefix != "COMMON";
+        let right = if rare {
+            names.iter().any(|n| n == "users_name_lower_prefix_idx")
+        } else {
+            !names.is_empty()
+        };
+        if !scans.is_empty() || !right {
+            search_failures.push(format!(
+                "prefix {name_prefix}: {}\n{}",
+                statement.sql,
+                serde_json::to_string_pretty(&plan).unwrap()
+            ));
+        }
+    }
     assert!(
-        statements.len() >= 15,
+        search_failures.is_empty(),
+        "name searches without the right index:\n{}",
+        search_failures.join("\n\n")
+    );
+
+    assert!(
+        statements.len() >= 14,
         "recorded {} statements",
         statements.len()
     );

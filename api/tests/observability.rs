@@ -407,6 +407,9 @@ async fn logs_carry_request_ids_and_never_emails_or_names() {
         .env("HTTP_ADDR", public_addr.to_string())
         .env("ADMIN_ADDR", format!("127.0.0.1:{admin}"))
         .env("LOG_FORMAT", "json")
+        // Set, so that a developer's .env cannot configure tokens or limits here.
+        .env("API_TOKENS", "")
+        .env("RATE_LIMIT_PER_SECOND", "")
         .env("RUST_LOG", "debug")
         .env("DB_SLOW_QUERY_MS", "0")
         .stdout(Stdio::piped())

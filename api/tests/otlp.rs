@@ -28,6 +28,9 @@ async fn start(otlp_endpoint: &str, dir: &std::path::Path) -> (Child, SocketAddr
         .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
         .env("SHUTDOWN_GRACE_SECS", "5")
+        // Set, so that a developer's .env cannot configure tokens or limits here.
+        .env("API_TOKENS", "")
+        .env("RATE_LIMIT_PER_SECOND", "")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -49,7 +49,7 @@ pub async fn compare(indexed_url: &str, noidx_url: &str, users: u64) -> Result<V
         (
             "name prefix 'gra'",
             format!(
-                "SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM users WHERE lower(name) ~>=~ lower('gra') AND lower(name) ~<~ (lower('gra') || chr(1114111)) OFFSET 0) AS u ORDER BY created_at DESC, id DESC LIMIT 51"
+                "SELECT {COLUMNS} FROM users WHERE lower(name) ~>=~ lower('gra') AND lower(name) ~<~ (lower('gra') || chr(1114111)) ORDER BY created_at DESC, id DESC LIMIT 51"
             ),
         ),
         (

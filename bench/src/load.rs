@@ -56,6 +56,7 @@ pub async fn wrk(
 
 pub async fn pgbench(
     scripts: &[(std::path::PathBuf, u32)],
+    protocol: &str,
     database_url: &str,
     clients: u32,
     threads: u32,
@@ -63,7 +64,7 @@ pub async fn pgbench(
 ) -> Result<Measured> {
     let mut command = Command::new("pgbench");
     command
-        .args(["-n", "-M", "prepared"])
+        .args(["-n", "-M", protocol])
         .arg(format!("-c{clients}"))
         .arg(format!("-j{threads}"))
         .arg(format!("-T{}", duration.as_secs().max(1)))

@@ -333,6 +333,7 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
                     name: s.name,
                     lua: s.lua,
                     pgbench: Vec::new(),
+                    protocol: s.protocol,
                 })
                 .collect();
             for (scenario, sample) in bench
@@ -450,7 +451,15 @@ impl Bench<'_> {
             std::fs::write(&path, sql)?;
             scripts.push((path, *weight));
         }
-        load::pgbench(&scripts, url, self.run.connections, 2, duration).await
+        load::pgbench(
+            &scripts,
+            scenario.protocol,
+            url,
+            self.run.connections,
+            2,
+            duration,
+        )
+        .await
     }
 }
 

@@ -9,6 +9,9 @@ pub struct Scenario {
     pub lua: &'static str,
     /// pgbench scripts with their weights (`-f file@weight`).
     pub pgbench: Vec<(String, u32)>,
+    /// pgbench's query protocol: `prepared`, or `extended` (unnamed statements, planned per
+    /// execution) where the service runs the statement that way.
+    pub protocol: &'static str,
 }
 
 const COLUMNS: &str = r#""users"."id", "users"."email", "users"."name", "users"."created_at", "users"."updated_at", "users"."version""#;
@@ -56,7 +59,7 @@ fn name_prefix() -> String {
     let prefixes: Vec<String> = data::PREFIXES.iter().map(|p| format!("'{p}'")).collect();
     let prefix = format!("(ARRAY[{}])[:k]", prefixes.join(", "));
     format!(
-        "\\set k random(1, {})\nSELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM \"users\" WHERE lower(name) ~>=~ lower({prefix}) AND lower(name) ~<~ (lower({prefix}) || chr(1114111)) OFFSET 0) AS \"users\" ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 51;\n",
+        "\\set k random(1, {})\nSELECT {COLUMNS} FROM \"users\" WHERE lower(name) ~>=~ lower({prefix}) AND lower(name) ~<~ (lower({prefix}) || chr(1114111)) ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 51;\n",
         data::PREFIXES.len()
     )
 }
@@ -89,36 +92,43 @@ pub fn all(users: u64) -> Vec<Scenario> {
             name: "get by id",
             lua: "get_by_id",
             pgbench: one(get_by_id(users)),
+            protocol: "prepared",
         },
         Scenario {
             name: "lookup by email",
             lua: "lookup_by_email",
             pgbench: one(lookup(users)),
+            protocol: "prepared",
         },
         Scenario {
             name: "list first page",
             lua: "list_first_page",
             pgbench: one(list_first()),
+            protocol: "prepared",
         },
         Scenario {
             name: "list deep page",
             lua: "list_deep_page",
             pgbench: one(list_deep(deep_user(users))),
+            protocol: "prepared",
         },
         Scenario {
             name: "name prefix",
             lua: "name_prefix",
             pgbench: one(name_prefix()),
+            protocol: "extended",
         },
         Scenario {
             name: "create",
             lua: "create",
             pgbench: one(create()),
+            protocol: "prepared",
         },
         Scenario {
             name: "update",
             lua: "update",
             pgbench: one(update(update_users(users))),
+            protocol: "prepared",
         },
         Scenario {
             name: "mix 80/20",
@@ -131,6 +141,7 @@ pub fn all(users: u64) -> Vec<Scenario> {
                 (update(update_users(users)), 15),
                 (create(), 5),
             ],
+            protocol: "prepared",
         },
     ]
 }

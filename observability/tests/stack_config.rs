@@ -105,6 +105,19 @@ fn api_waits_for_a_healthy_database_and_reads_env() {
         "{url}"
     );
     assert_eq!(api["environment"]["ADMIN_ADDR"], "0.0.0.0:9464");
+    let tokens = api["environment"]["API_TOKENS"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        tokens.starts_with("${API_TOKENS"),
+        "a token is configured, overridable: {tokens}"
+    );
+    let example = std::fs::read_to_string(repo().join(".env.example")).unwrap();
+    assert!(
+        example
+            .lines()
+            .any(|l| l.starts_with("API_TOKENS=") && l.len() > "API_TOKENS=".len())
+    );
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("a Dockerfile");
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
 }

@@ -3,12 +3,14 @@
 //! are both the operation name and the `DbErr` known (pool timeouts included).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use entity::users::{self, Column, Entity as Users};
 use observability::db::{ErrorKind, record_error, record_query};
-use sea_orm::sea_query::{Expr, ExprTrait, Func};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Value};
+use sea_orm::sqlx::Row;
 use sea_orm::{
     ColumnTrait, ConnAcquireErr, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Select, SqlErr, Statement, sqlx,
@@ -137,16 +139,43 @@ impl UserRepository {
     }
 
     pub async fn list(&self, query: ListQuery) -> Result<Page, RepoError> {
-        let order = if query.updated_since.is_some() {
-            Order::UpdatedAsc
-        } else {
-            Order::CreatedDesc
+        let order = order_of(&query);
+        let operation = match order {
+            Order::CreatedDesc => "user.list",
+            Order::UpdatedAsc => "user.list_updated_since",
         };
-        let (operation, key) = match order {
-            Order::CreatedDesc => ("user.list", Column::CreatedAt),
-            Order::UpdatedAsc => ("user.list_updated_since", Column::UpdatedAt),
+        let select = self.list_select(&query);
+        let name_search_on_postgres =
+            query.name_prefix.is_some() && self.db.get_database_backend() == DbBackend::Postgres;
+        let rows = if name_search_on_postgres {
+            observe(
+                operation,
+                self.fetch_unprepared(self.list_statement(&query)),
+            )
+            .await?
+        } else {
+            observe(operation, select.all(&self.db)).await?
+        };
+        Ok(paginate(rows, query.limit, order))
+    }
+
+    /// The statement `list` runs, for EXPLAIN tests and benchmarks.
+    pub fn list_statement(&self, query: &ListQuery) -> Statement {
+        self.db
+            .get_database_backend()
+            .build(&self.list_select(query).into_query())
+    }
+
+    fn list_select(&self, query: &ListQuery) -> Select<Users> {
+        let order = order_of(query);
+        let key = match order {
+            Order::CreatedDesc => Column::CreatedAt,
+            Order::UpdatedAsc => Column::UpdatedAt,
         };
         let mut select = Users::find();
+        if let Some(prefix) = &query.name_prefix {
+            select = select.filter(self.name_prefix_filter(prefix));
+        }
         if let Some(since) = query.updated_since {
             select = select.filter(Column::UpdatedAt.gte(since));
         }
@@ -160,27 +189,55 @@ impl UserRepository {
                 Order::UpdatedAsc => row.gt(bound),
             });
         }
-        let page = select_page(order, key, query.limit);
-        // One row more than asked tells whether another page follows, without a COUNT.
-        let rows = match &query.name_prefix {
-            None => observe(operation, page(select).all(&self.db)).await?,
-            Some(prefix) => {
-                let matching = select.filter(self.name_prefix_filter(prefix));
-                match self.db.get_database_backend() {
-                    DbBackend::Postgres => {
-                        let fenced = fence(matching, page);
-                        observe(operation, Users::find().from_raw_sql(fenced).all(&self.db)).await?
-                    }
-                    _ => observe(operation, page(matching).all(&self.db)).await?,
-                }
-            }
+        let select = match order {
+            Order::CreatedDesc => select.order_by_desc(key).order_by_desc(Column::Id),
+            Order::UpdatedAsc => select.order_by_asc(key).order_by_asc(Column::Id),
         };
-        Ok(paginate(rows, query.limit, order))
+        // One row more than asked tells whether another page follows, without a COUNT.
+        select.limit(query.limit + 1)
+    }
+
+    /// Runs a name search as an unnamed statement, which PostgreSQL plans anew with its
+    /// parameters every time. A prepared statement would settle, after five executions, on a
+    /// generic plan that cannot see how common a prefix is: one plan walks the
+    /// `(created_at, id)` index filtering names (fast for `ali`, a whole-index walk for a rare
+    /// prefix), the other reads the prefix index and sorts (fast for a rare prefix, tens of
+    /// thousands of rows for `ali`). Planning per call costs a fraction of a millisecond and
+    /// picks the right one each time. SeaORM always prepares, hence sqlx here.
+    async fn fetch_unprepared(&self, statement: Statement) -> Result<Vec<users::Model>, DbErr> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.sql)).persistent(false);
+        for value in statement.values.map(|values| values.0).unwrap_or_default() {
+            query = match value {
+                Value::String(Some(text)) => query.bind(text),
+                Value::ChronoDateTimeUtc(Some(at)) => query.bind(at),
+                Value::Uuid(Some(id)) => query.bind(id),
+                Value::BigUnsigned(Some(n)) => query.bind(i64::try_from(n).unwrap_or(i64::MAX)),
+                Value::BigInt(Some(n)) => query.bind(n),
+                other => return Err(DbErr::Custom(format!("no binding for {other:?}"))),
+            };
+        }
+        let rows = query
+            .fetch_all(self.db.get_postgres_connection_pool())
+            .await
+            .map_err(|error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))?;
+        rows.iter()
+            .map(|row| {
+                Ok(users::Model {
+                    id: row.try_get("id")?,
+                    email: row.try_get("email")?,
+                    name: row.try_get("name")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    version: row.try_get("version")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
     }
 
     /// Case-insensitive prefix match written as a range over `lower(name)`, which the
-    /// prefix index serves even in a prepared statement's generic plan (a `LIKE $1` cannot be
-    /// planned as a range there). The upper bound appends the largest code point; the
+    /// prefix index serves with the prefix as a parameter (a `LIKE $1` cannot be planned as an
+    /// index range). The upper bound appends the largest code point; the
     /// database lowers the parameter, so both sides fold case with the index's function.
     /// (sea-query reads `$n` placeholders for PostgreSQL and `?` for SQLite.)
     fn name_prefix_filter(&self, prefix: &str) -> Expr {
@@ -266,30 +323,11 @@ impl UserRepository {
     }
 }
 
-/// Wraps a name search in `SELECT * FROM (... OFFSET 0) ORDER BY ... LIMIT`. The
-/// subquery is an optimisation fence: the matches come from the prefix index and only
-/// then are sorted. Without it, a prepared statement's generic plan (which cannot see how
-/// rare a prefix is) walks the whole `(created_at, id)` index filtering names, and a rare
-/// prefix costs a full index scan. Verified by the EXPLAIN test. PostgreSQL only: SQLite
-/// neither caches generic plans nor accepts OFFSET without LIMIT.
-fn fence(matching: Select<Users>, page: impl Fn(Select<Users>) -> Select<Users>) -> Statement {
-    let inner = matching.offset(0).into_query();
-    let outer = page(Users::find())
-        .into_query()
-        .from_clear()
-        .from_subquery(inner, Users)
-        .to_owned();
-    DbBackend::Postgres.build(&outer)
-}
-
-/// Orders by `(key, id)` in the listing's direction and takes one row more than a page.
-fn select_page(order: Order, key: Column, limit: u64) -> impl Fn(Select<Users>) -> Select<Users> {
-    move |select| {
-        let select = match order {
-            Order::CreatedDesc => select.order_by_desc(key).order_by_desc(Column::Id),
-            Order::UpdatedAsc => select.order_by_asc(key).order_by_asc(Column::Id),
-        };
-        select.limit(limit + 1)
+fn order_of(query: &ListQuery) -> Order {
+    if query.updated_since.is_some() {
+        Order::UpdatedAsc
+    } else {
+        Order::CreatedDesc
     }
 }
 
