@@ -69,9 +69,14 @@ local function name_prefix()
   return wrk.format("GET", "/api/v1/users?limit=50&name_prefix=" .. PREFIXES[math.random(1, #PREFIXES)])
 end
 
+-- New users get names like the seeded ones, so name searches see the same distribution.
+local FIRST = { {{FIRST_NAMES}} }
+local LAST = { {{LAST_NAMES}} }
+
 local function create()
   counter = counter + 1
-  local body = string.format('{"email":"bench-%s-%d-%d@example.com","name":"Bench User"}', TAG, index, counter)
+  local name = FIRST[math.random(1, #FIRST)] .. " " .. LAST[math.random(1, #LAST)]
+  local body = string.format('{"email":"bench-%s-%d-%d@example.com","name":"%s"}', TAG, index, counter, name)
   return wrk.format("POST", "/api/v1/users", JSON, body)
 end
 

@@ -64,6 +64,13 @@ pub async fn compare(indexed_url: &str, noidx_url: &str, users: u64) -> Result<V
         .await
         .context("connect")?;
     let mut noidx = PgConnection::connect(noidx_url).await.context("connect")?;
+    // Else a sequential scan starts where the previous one stopped (synchronized scans), and a
+    // repeated `LIMIT 1` lookup finds its row at once: every scan must start at block 0.
+    for conn in [&mut indexed, &mut noidx] {
+        sqlx::query("SET synchronize_seqscans = off")
+            .execute(&mut *conn)
+            .await?;
+    }
     let mut timings = Vec::new();
     for (name, sql) in &queries {
         timings.push(Timing {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use api::users::cursor::Cursor;
 use clap::{Args, Parser, Subcommand};
-use sea_orm::sqlx::{self, Connection, PgConnection};
+use sea_orm::sqlx::{self, Connection, Executor, PgConnection};
 
 use crate::load::Measured;
 use crate::scenarios::Scenario;
@@ -60,6 +60,11 @@ enum Command {
         /// Where SOAK.md goes.
         #[arg(long, default_value = "bench")]
         out: PathBuf,
+    },
+    /// Only the EXPLAIN ANALYZE comparison of the seeded databases, printed as Markdown.
+    Explain {
+        #[command(flatten)]
+        common: Common,
     },
     /// A few seconds on a small database: proves the tool works, measures nothing (CI).
     Smoke {
@@ -133,6 +138,16 @@ async fn main() -> Result<()> {
             binary,
             database_url,
         } => smoke(binary, database_url).await,
+        Command::Explain { common } => {
+            let indexed = seed::with_database(&common.database_url, &common.database);
+            let noidx =
+                seed::with_database(&common.database_url, &format!("{}_noidx", common.database));
+            print!(
+                "{}",
+                report::explain_table(&explain::compare(&indexed, &noidx, common.users).await?)
+            );
+            Ok(())
+        }
         Command::Soak {
             common,
             rate,
@@ -397,8 +412,13 @@ impl Bench<'_> {
                     cpu,
                 },
             ));
+            if scenario.lua == "create" || scenario.lua == "mix" {
+                // The next scenario measures the seeded data, not what this one added.
+                restore(url).await?;
+            }
         }
         service.stop().await?;
+        restore(url).await?;
         Ok(samples)
     }
 
@@ -430,6 +450,8 @@ impl Bench<'_> {
             )
             .replace("{{THREADS}}", "2")
             .replace("{{PREFIXES}}", &prefixes.join(", "))
+            .replace("{{FIRST_NAMES}}", &quoted(&data::FIRST_NAMES))
+            .replace("{{LAST_NAMES}}", &quoted(&data::LAST_NAMES))
             .replace("{{DEEP_CURSOR}}", &cursor)
             .replace("{{UPDATE_FILE}}", &updates.display().to_string())
             .replace("{{DELAY_MS}}", &delay_ms.to_string())
@@ -461,6 +483,26 @@ impl Bench<'_> {
         )
         .await
     }
+}
+
+fn quoted(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| format!("\"{w}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Removes the users the create scenarios added, so every measurement sees the seeded data.
+/// They are the newest rows: left in place, they would sit in front of every newest-first scan
+/// of later measurements (a name search walking `created_at` would first skip them all).
+async fn restore(url: &str) -> Result<()> {
+    let mut conn = PgConnection::connect(url).await?;
+    conn.execute("DELETE FROM users WHERE email LIKE 'bench-%' OR email LIKE 'pgbench-%'")
+        .await?;
+    conn.execute("VACUUM ANALYZE users").await?;
+    conn.close().await?;
+    Ok(())
 }
 
 /// Writes "n version" for each user the update scenarios touch, read from the database.

@@ -220,26 +220,7 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
         writeln!(md)?;
     }
 
-    writeln!(
-        md,
-        "## Query times with and without the indexes (EXPLAIN ANALYZE, best of three)\n"
-    )?;
-    writeln!(md, "| query | with indexes ms | without ms | speed-up |")?;
-    writeln!(md, "| --- | ---: | ---: | ---: |")?;
-    for timing in &report.explain {
-        match timing.unindexed_ms {
-            Some(without) => writeln!(
-                md,
-                "| {} | {:.3} | {:.3} | {:.0}x |",
-                timing.query,
-                timing.indexed_ms,
-                without,
-                without / timing.indexed_ms
-            )?,
-            None => writeln!(md, "| {} | {:.3} | | |", timing.query, timing.indexed_ms)?,
-        }
-    }
-    writeln!(md)?;
+    md.push_str(&explain_table(&report.explain));
 
     if has("tuned") {
         writeln!(md, "## Targets (configuration `tuned`)\n")?;
@@ -310,6 +291,33 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
     )?;
     std::fs::write(out.join("RESULTS.md"), md)?;
     chart(&out.join("results.svg"), report)
+}
+
+/// The EXPLAIN ANALYZE comparison, as a Markdown section.
+pub fn explain_table(timings: &[crate::explain::Timing]) -> String {
+    let mut md = String::from(
+        "## Query times with and without the indexes (EXPLAIN ANALYZE, best of three)\n\n",
+    );
+    md.push_str(
+        "| query | with indexes ms | without ms | speed-up |\n| --- | ---: | ---: | ---: |\n",
+    );
+    for timing in timings {
+        match timing.unindexed_ms {
+            Some(without) => md.push_str(&format!(
+                "| {} | {:.3} | {:.3} | {:.0}x |\n",
+                timing.query,
+                timing.indexed_ms,
+                without,
+                without / timing.indexed_ms
+            )),
+            None => md.push_str(&format!(
+                "| {} | {:.3} | | |\n",
+                timing.query, timing.indexed_ms
+            )),
+        }
+    }
+    md.push('\n');
+    md
 }
 
 fn chart(path: &Path, report: &Report) -> Result<()> {
