@@ -7,7 +7,7 @@ mod common;
 
 use api::users::cursor::Cursor;
 use api::users::etag::{if_match, none_match};
-use common::{Backend, TestApp};
+use common::{Backend, TestApp, percent_encode};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -65,17 +65,6 @@ fn json_value() -> impl Strategy<Value = Value> {
             .prop_map(|map| Value::Object(map.into_iter().collect())),
         ]
     })
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The response is a success, or a client error as problem+json; never a server error.

@@ -10,20 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Backend, TestDb, test_config};
+use common::{Backend, TestDb, eventually, free_port, percent_encode, test_config};
 use poem::test::TestClient;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A plain HTTP/1.1 GET: (status, body).
 async fn get(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)> {
@@ -80,20 +72,6 @@ fn spawn(program: &str, args: &[String], env: &[(&str, String)]) -> Child {
     command.spawn().unwrap_or_else(|error| {
         panic!("cannot run {program} ({error}): install Debian's prometheus and prometheus-postgres-exporter (.ci/run does)")
     })
-}
-
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    seconds: u64,
-    condition: impl Fn() -> F,
-) {
-    for _ in 0..seconds * 10 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {seconds} s waiting for {what}");
 }
 
 /// A served app on its own PostgreSQL database.
@@ -359,17 +337,6 @@ async fn has_data(prometheus: SocketAddr, expr: &str) -> bool {
             .iter()
             .any(|series| series["value"][1].as_str().is_some_and(|v| v != "NaN"))
     })
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn dashboard_queries() -> Vec<(String, String)> {

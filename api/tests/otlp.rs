@@ -1,6 +1,8 @@
 //! OTLP trace export: spans reach a collector at shutdown; without one, nothing panics and
 //! no request waits.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -9,13 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 async fn start(otlp_endpoint: &str, dir: &std::path::Path) -> (Child, SocketAddr) {
     let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

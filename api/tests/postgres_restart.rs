@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, test_config};
+use common::{Backend, TestDb, eventually, test_config};
 use sea_orm::sqlx::{self, Connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -155,14 +155,14 @@ async fn the_service_rides_out_a_postgres_restart_and_loses_nothing() {
             .filter(|r| r.0 == status)
             .count()
     };
-    wait_for("traffic before the restart", 20, || async {
+    eventually("traffic before the restart", 20, || async {
         count(201) >= 10 && count(200) >= 10
     })
     .await;
 
     let _restart_guard = RestartOnDrop;
     cluster("stop");
-    wait_for("503s while PostgreSQL is down", 20, || async {
+    eventually("503s while PostgreSQL is down", 20, || async {
         unavailable.load(Ordering::Relaxed) >= 4
     })
     .await;
@@ -177,7 +177,7 @@ async fn the_service_rides_out_a_postgres_restart_and_loses_nothing() {
 
     cluster("start");
     let back = Instant::now();
-    wait_for("success after PostgreSQL is back", 5, || async {
+    eventually("success after PostgreSQL is back", 5, || async {
         replies
             .lock()
             .unwrap()
@@ -236,19 +236,4 @@ async fn the_service_rides_out_a_postgres_restart_and_loses_nothing() {
     drop(admin);
     stop_server.send(()).unwrap();
     server.await.unwrap().unwrap();
-}
-
-async fn wait_for<F: std::future::Future<Output = bool>>(
-    what: &str,
-    seconds: u64,
-    condition: impl Fn() -> F,
-) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out after {seconds} s waiting for {what}");
 }

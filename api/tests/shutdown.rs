@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Backend, TestDb, admin_connection, test_config};
+use common::{Backend, TestDb, admin_connection, eventually, test_config};
 use sea_orm::sqlx::{self, Connection, Executor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,17 +13,6 @@ async fn http(addr: std::net::SocketAddr, request: &str) -> std::io::Result<Stri
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     Ok(response)
-}
-
-/// Polls `condition` every 20 ms for up to 10 s: waiting on an observable state, not a guess.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, condition: impl Fn() -> F) {
-    for _ in 0..500 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn connections_to(database: &str) -> i64 {
@@ -91,13 +78,13 @@ async fn in_flight_requests_complete_after_the_signal() {
         addr,
         "GET /api/v1/users?limit=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     ));
-    eventually("the request to wait on the lock", || async {
+    eventually("the request to wait on the lock", 10, || async {
         lock_waiters(&database).await > 0
     })
     .await;
 
     stop.send(()).unwrap();
-    eventually("the listener to close", || async {
+    eventually("the listener to close", 10, || async {
         TcpStream::connect(addr).await.is_err()
     })
     .await;
@@ -112,7 +99,7 @@ async fn in_flight_requests_complete_after_the_signal() {
     assert!(response.contains("a@example.com"));
     server.await.unwrap().unwrap();
     drop(locker);
-    eventually("the pool to close", || async {
+    eventually("the pool to close", 10, || async {
         connections_to(&database).await == 0
     })
     .await;

@@ -281,3 +281,41 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// A free local port (bound, read, released) for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Percent-encodes everything but unreserved characters, for query strings.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Polls `condition` every 20 ms until it holds, for at most `seconds`: tests wait on an
+/// observable state, never on a guessed delay.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    seconds: u64,
+    condition: impl Fn() -> F,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {seconds} s waiting for {what}");
+}
