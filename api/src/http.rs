@@ -1,4 +1,4 @@
-//! Cross-cutting HTTP concerns of the public listener: the body size limit and the rendering
+//! Cross-cutting HTTP concerns of the public listener: checks of what requests bring, and the rendering
 //! of every error as problem+json.
 
 use std::sync::Arc;
@@ -13,10 +13,11 @@ use crate::error::ApiError;
 /// The largest request body accepted (64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Refuses bodies over [`BODY_LIMIT`] with 413, whether or not they declare a
+/// Checks what every request brings before a handler sees it: refuses bodies over
+/// [`BODY_LIMIT`] with 413, whether or not they declare a
 /// `Content-Length` (poem's `SizeLimit` refuses requests without one, even bodiless GETs),
 /// and conditional headers that are not text.
-pub fn limit_body<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = Response> {
+pub fn check_input<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = Response> {
     endpoint.around(|endpoint, mut request: Request| async move {
         // poem-openapi reads a header that is not visible ASCII as absent; a conditional
         // header the client did send must not silently stop applying.

@@ -186,7 +186,7 @@ fn routes(config: &Config, db: DatabaseConnection, guard: Guard) -> BoxEndpoint<
             .max_age(600)
     });
     // Outermost first: metrics see every final status; the guard refuses before a body is read.
-    http::problem_errors(http::limit_body(route).with(guard), methods)
+    http::problem_errors(http::check_input(route).with(guard), methods)
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .with(security_headers)
         .with(observability::http::Observe::new(move |response| {
