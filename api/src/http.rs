@@ -1,5 +1,5 @@
-//! Cross-cutting HTTP concerns of the public listener: checks of what requests bring, and the rendering
-//! of every error as problem+json.
+//! Cross-cutting HTTP concerns of the public listener: checks of what requests bring, and
+//! the rendering of every error as problem+json.
 
 use std::sync::Arc;
 
@@ -14,9 +14,8 @@ use crate::error::ApiError;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Checks what every request brings before a handler sees it: refuses bodies over
-/// [`BODY_LIMIT`] with 413, whether or not they declare a
-/// `Content-Length` (poem's `SizeLimit` refuses requests without one, even bodiless GETs),
-/// and conditional headers that are not text.
+/// [`BODY_LIMIT`] with 413, whether or not they declare a `Content-Length` (poem's `SizeLimit`
+/// refuses requests without one, even bodiless GETs), and conditional headers that are not text.
 pub fn check_input<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = Response> {
     endpoint.around(|endpoint, mut request: Request| async move {
         // poem-openapi reads a header that is not visible ASCII as absent; a conditional
