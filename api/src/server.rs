@@ -1,0 +1,160 @@
+//! Serving a built [`App`]: the listeners, the two servers (public and admin), the background
+//! housekeeping, and graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use governor::DefaultKeyedRateLimiter;
+use observability::metrics::Metrics;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::{Route, Server};
+
+use crate::config::Config;
+use crate::{App, StartupError, db};
+
+/// The two bound listeners: the public API and the admin endpoints (`/metrics`).
+pub struct Listeners {
+    pub public: TcpAcceptor,
+    pub admin: TcpAcceptor,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config` (port 0 picks a free port, for tests).
+    pub async fn bind(config: &Config) -> Result<Self, StartupError> {
+        Ok(Self {
+            public: bind(config.http_addr).await?,
+            admin: bind(config.admin_addr).await?,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        local_addr(&self.public)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        local_addr(&self.admin)
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpAcceptor, StartupError> {
+    TcpListener::bind(addr)
+        .into_acceptor()
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+fn local_addr(acceptor: &TcpAcceptor) -> SocketAddr {
+    acceptor
+        .local_addr()
+        .first()
+        .and_then(|addr| addr.as_socket_addr().copied())
+        .expect("a TCP acceptor has a socket address")
+}
+
+/// Serves `app` until SIGINT or SIGTERM, then drains in-flight requests.
+pub async fn run(app: App, listeners: Listeners) -> io::Result<()> {
+    run_until(app, listeners, shutdown_signal()).await
+}
+
+/// Serves `app` until `shutdown` completes: stops accepting, lets in-flight requests finish
+/// within `SHUTDOWN_GRACE_SECS`, then closes the pool.
+pub async fn run_until(
+    app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let App {
+        config,
+        db,
+        metrics,
+        rate_limiter,
+        public,
+    } = app;
+    let refresh_pool = {
+        let db = db.clone();
+        let pool = config.pool.clone();
+        move || observability::db::record_pool(db::pool_state(&db, &pool))
+    };
+    refresh_pool();
+    let background = tokio::spawn(housekeeping(
+        metrics.clone(),
+        refresh_pool.clone(),
+        config.pool.metrics_interval,
+        rate_limiter,
+    ));
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = Route::new().at(
+        "/metrics",
+        poem::endpoint::make_sync(move |_| {
+            // Read the pool now, so a scrape never shows a stale pool.
+            refresh_pool();
+            poem::Response::builder()
+                .content_type("text/plain; version=0.0.4")
+                .body(metrics.render())
+        }),
+    );
+    let admin_server = tokio::spawn(
+        Server::new_with_acceptor(listeners.admin).run_with_graceful_shutdown(
+            admin,
+            async {
+                let _ = admin_stopped.await;
+            },
+            Some(config.shutdown_grace),
+        ),
+    );
+    let served = Server::new_with_acceptor(listeners.public)
+        .run_with_graceful_shutdown(public, shutdown, Some(config.shutdown_grace))
+        .await;
+    let _ = stop_admin.send(());
+    let _ = admin_server.await;
+    background.abort();
+    if let Err(error) = db.close().await {
+        tracing::warn!(%error, "closing the database pool failed");
+    }
+    tracing::info!("stopped");
+    served
+}
+
+/// Refreshes the pool gauges every `interval`, runs the recorder's upkeep, and forgets idle
+/// rate-limit keys.
+async fn housekeeping(
+    metrics: Metrics,
+    refresh_pool: impl Fn(),
+    interval: std::time::Duration,
+    rate_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+) {
+    let mut pool_tick = tokio::time::interval(interval);
+    let mut upkeep_tick = tokio::time::interval(observability::metrics::UPKEEP_INTERVAL);
+    let mut limiter_tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = pool_tick.tick() => refresh_pool(),
+            _ = upkeep_tick.tick() => metrics.run_upkeep(),
+            _ = limiter_tick.tick() => {
+                if let Some(limiter) = &rate_limiter {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received: draining in-flight requests");
+}
