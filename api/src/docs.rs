@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub struct Docs {
-    /// The OpenAPI document, as served at `/openapi.json`.
+    /// The OpenAPI document, for the routes' metadata (templates, allowed methods).
+    pub document: Value,
+    /// The same document as served at `/openapi.json`.
     pub spec: String,
     /// Swagger UI's page, with `spec` inlined.
     pub swagger_html: String,
@@ -24,7 +26,8 @@ impl Docs {
         // The document poem-openapi generates, finished (see `finish`) and with the security
         // scheme.
         let generated = service.spec();
-        let spec = with_security(&generated);
+        let document = with_security(&generated);
+        let spec = serde_json::to_string_pretty(&document).expect("JSON");
         let page = service.swagger_ui_html();
         assert!(
             page.contains(&generated),
@@ -33,6 +36,7 @@ impl Docs {
         let swagger_html = page.replace(&generated, &spec);
         let csp = csp(&swagger_html);
         Self {
+            document,
             spec,
             swagger_html,
             csp,
@@ -50,7 +54,7 @@ fn finish(spec: &mut Value) {
     schemas["UserPage"]["properties"]["next_cursor"]["nullable"] = json!(true);
 }
 
-fn with_security(generated: &str) -> String {
+fn with_security(generated: &str) -> Value {
     let mut spec: Value = serde_json::from_str(generated).expect("poem-openapi emits JSON");
     finish(&mut spec);
     spec["components"]["securitySchemes"] = json!({
@@ -74,7 +78,7 @@ fn with_security(generated: &str) -> String {
             }
         }
     }
-    serde_json::to_string_pretty(&spec).expect("JSON")
+    spec
 }
 
 /// Hashes every inline `<script>` of the page into `script-src`, so nothing else can run.

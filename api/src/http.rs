@@ -35,7 +35,7 @@ pub fn check_input<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output =
         ) {
             let declared = request
                 .headers()
-                .get(poem::http::header::CONTENT_LENGTH)
+                .get(header::CONTENT_LENGTH)
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse::<u64>().ok());
             if declared.is_some_and(|length| length > BODY_LIMIT as u64) {

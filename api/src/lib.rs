@@ -112,10 +112,9 @@ pub fn openapi_spec() -> String {
 fn routes(config: &Config, db: DatabaseConnection, guard: Guard) -> BoxEndpoint<'static> {
     let api = api_service(config, db);
     let docs = Docs::new(&api);
-    let spec_json: serde_json::Value = serde_json::from_str(&docs.spec).expect("the spec is JSON");
-    let templates = route_templates(&spec_json);
+    let templates = route_templates(&docs.document);
     let methods = Arc::new(http::RouteMethods::new(
-        &spec_json,
+        &docs.document,
         &[("/openapi.json", "GET"), ("/docs", "GET")],
     ));
     let security_headers = SecurityHeaders::new(&docs.csp);

@@ -190,6 +190,13 @@ impl<E: Endpoint> Middleware<E> for SecurityHeaders {
     }
 }
 
+/// Which part of the service a request is for, as far as its headers go.
+enum Area {
+    Api,
+    Docs,
+    Other,
+}
+
 pub struct SecurityHeadersEndpoint<E> {
     inner: E,
     docs_csp: HeaderValue,
@@ -199,7 +206,15 @@ impl<E: Endpoint> Endpoint for SecurityHeadersEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, request: Request) -> Result<Response> {
-        let path = request.uri().path().to_owned();
+        // Decided before the call: the request (and its path) moves into it.
+        let path = request.uri().path();
+        let area = if path.starts_with(API_PREFIX) || path == "/api/v1" {
+            Area::Api
+        } else if path == "/docs" || path.starts_with("/docs/") {
+            Area::Docs
+        } else {
+            Area::Other
+        };
         let mut response = match self.inner.call(request).await {
             Ok(output) => output.into_response(),
             Err(error) => error.into_response(),
@@ -214,18 +229,22 @@ impl<E: Endpoint> Endpoint for SecurityHeadersEndpoint<E> {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         );
-        if path.starts_with(API_PREFIX) || path == "/api/v1" {
-            headers.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, no-cache"),
-            );
-        } else if path == "/docs" || path.starts_with("/docs/") {
-            headers.insert(header::CONTENT_SECURITY_POLICY, self.docs_csp.clone());
-        } else {
-            headers.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-            );
+        match area {
+            Area::Api => {
+                headers.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-cache"),
+                );
+            }
+            Area::Docs => {
+                headers.insert(header::CONTENT_SECURITY_POLICY, self.docs_csp.clone());
+            }
+            Area::Other => {
+                headers.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+                );
+            }
         }
         Ok(response)
     }
