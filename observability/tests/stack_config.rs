@@ -25,15 +25,20 @@ fn postgres_settings(compose: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn compose_has_every_service_with_health_and_storage() {
-    let compose = yaml("docker-compose.yml");
-    let services: HashSet<&str> = compose["services"]
+/// The member names of a mapping.
+fn keys(mapping: &Value) -> HashSet<&str> {
+    mapping
         .as_object()
         .unwrap()
         .keys()
         .map(String::as_str)
-        .collect();
+        .collect()
+}
+
+#[test]
+fn compose_has_every_service_with_health_and_storage() {
+    let compose = yaml("docker-compose.yml");
+    let services = keys(&compose["services"]);
     assert_eq!(
         services,
         HashSet::from([
@@ -50,12 +55,7 @@ fn compose_has_every_service_with_health_and_storage() {
             "{service} has a healthcheck"
         );
     }
-    let volumes: HashSet<&str> = compose["volumes"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let volumes = keys(&compose["volumes"]);
     assert_eq!(
         volumes,
         HashSet::from(["postgres-data", "prometheus-data", "grafana-data"])
