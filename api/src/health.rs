@@ -6,12 +6,18 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use sea_orm::DatabaseConnection;
 
-use crate::error::{ApiError, Errors, error_set};
+use crate::http::error::{ApiError, ErrorCode, ErrorSet, Errors};
 
 /// How long readiness waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
-error_set!(ReadyErrors: 503);
+/// Probes are not guarded: only the database's answer can fail them.
+struct ReadyErrors;
+
+impl ErrorSet for ReadyErrors {
+    const CODES: &'static [ErrorCode] = &[ErrorCode::DatabaseUnavailable];
+    const COMMON: &'static [ErrorCode] = &[];
+}
 
 #[derive(Tags)]
 enum HealthTags {
@@ -60,10 +66,7 @@ impl HealthApi {
     async fn ready(&self) -> Result<Healthy, Errors<ReadyErrors>> {
         match tokio::time::timeout(READY_TIMEOUT, self.db.ping()).await {
             Ok(Ok(())) => Ok(ok()),
-            _ => Err(ApiError::DatabaseUnavailable {
-                retry_after: READY_TIMEOUT,
-            }
-            .into()),
+            _ => Err(ApiError::retry_after(ErrorCode::DatabaseUnavailable, READY_TIMEOUT).into()),
         }
     }
 }

@@ -4,15 +4,14 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use governor::DefaultKeyedRateLimiter;
 use observability::metrics::Metrics;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{Route, Server};
 
+use crate::app::{App, StartupError};
 use crate::config::Config;
-use crate::{App, StartupError, db};
+use crate::db;
 
 /// The two bound listeners: the public API and the admin endpoints (`/metrics`).
 pub struct Listeners {
@@ -65,12 +64,12 @@ pub async fn run_until(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let public = app.endpoint();
     let App {
         config,
         db,
         metrics,
-        rate_limiter,
-        public,
+        ..
     } = app;
     let refresh_pool = {
         let db = db.clone();
@@ -82,7 +81,6 @@ pub async fn run_until(
         metrics.clone(),
         refresh_pool.clone(),
         config.pool.metrics_interval,
-        rate_limiter,
     ));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = Route::new().at(
@@ -117,27 +115,14 @@ pub async fn run_until(
     served
 }
 
-/// Refreshes the pool gauges every `interval`, runs the recorder's upkeep, and forgets idle
-/// rate-limit keys.
-async fn housekeeping(
-    metrics: Metrics,
-    refresh_pool: impl Fn(),
-    interval: std::time::Duration,
-    rate_limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
-) {
+/// Refreshes the pool gauges every `interval` and runs the recorder's upkeep.
+async fn housekeeping(metrics: Metrics, refresh_pool: impl Fn(), interval: std::time::Duration) {
     let mut pool_tick = tokio::time::interval(interval);
     let mut upkeep_tick = tokio::time::interval(observability::metrics::UPKEEP_INTERVAL);
-    let mut limiter_tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = pool_tick.tick() => refresh_pool(),
             _ = upkeep_tick.tick() => metrics.run_upkeep(),
-            _ = limiter_tick.tick() => {
-                if let Some(limiter) = &rate_limiter {
-                    limiter.retain_recent();
-                    limiter.shrink_to_fit();
-                }
-            }
         }
     }
 }

@@ -11,7 +11,8 @@ const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json");
 
 #[tokio::test]
 async fn served_spec_is_the_committed_one() {
-    let app = TestApp::new(Backend::Sqlite).await;
+    // The committed contract is production's: tokens configured.
+    let app = TestApp::with(Backend::Sqlite, &[("API_TOKENS", "a-token")]).await;
     let response = app.client.get("/openapi.json").send().await;
     response.assert_status_is_ok();
     let served: Value = body(response).await;

@@ -7,12 +7,18 @@
 //! key belongs to (`created_at` or `updated_at`) comes from the request: with `updated_since`
 //! it continues the updated order.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
 use uuid::Uuid;
 
 const BYTES: usize = 24;
+/// The wire form, as the spec states it; [`Cursor::decode`] accepts exactly these strings.
+pub const PATTERN: &str = "^[A-Za-z0-9_-]{32}$";
 /// The earliest instant PostgreSQL's `timestamptz` holds (4713 BC); a cursor's time is
 /// clamped into what both chrono and the database can hold.
 const MIN_MICROS: i64 = -210_866_803_200_000_000;
@@ -57,6 +63,40 @@ impl Cursor {
             .ok_or(InvalidCursor)?;
         let id = Uuid::from_slice(&bytes[8..]).map_err(|_| InvalidCursor)?;
         Ok(Cursor { at, id })
+    }
+}
+
+/// The `cursor` query parameter: decoded as it is parsed, so a handler only sees valid ones.
+impl Type for Cursor {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            pattern: Some(PATTERN.to_owned()),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromParameter for Cursor {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Cursor::decode(value).map_err(ParseError::custom)
     }
 }
 

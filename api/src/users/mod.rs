@@ -1,8 +1,8 @@
-//! The users resource.
+//! The users resource: its model and rules, the statements, the endpoints, the cursor and
+//! entity tags.
 
 pub mod cursor;
 pub mod etag;
 pub mod model;
 pub mod repository;
 pub mod routes;
-pub mod text;

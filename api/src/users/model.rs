@@ -1,16 +1,90 @@
-//! Request and response bodies of the users API, with their limits. The limits are declared
-//! as poem-openapi validators, so the spec a client is generated from and the check the
-//! server runs are one and the same.
+//! The users resource as clients see it: each input rule (an email, a name, a search text)
+//! written once as a [`TextRule`], from which both the spec and the server's check derive; and
+//! the request and response bodies.
+
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use entity::users;
 use poem_openapi::Object;
 use poem_openapi::types::MaybeUndefined;
+use regex::Regex;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::users::repository::{NewUser, UserChanges};
-use crate::users::text::Text;
+use super::repository::{NewUser, UserChanges};
+use crate::http::error::ApiError;
+use crate::http::input::{Checked, TextRule, compile};
+
+/// An email address: stored as given, unique case-insensitively.
+pub type Email = Checked<EmailRule>;
+/// A user's name, trimmed before it is stored.
+pub type Name = Checked<NameRule>;
+/// What a lookup by email searches for: any text an address could be.
+pub type EmailKey = Checked<EmailKeyRule>;
+/// The start of a name, for a case-insensitive prefix search.
+pub type NamePrefix = Checked<NamePrefixRule>;
+
+pub struct EmailRule;
+
+impl TextRule for EmailRule {
+    const FIELD: &'static str = "email";
+    const MAX_CHARS: Option<usize> = Some(254);
+    /// WHATWG's `type=email` syntax.
+    const PATTERN: &'static str = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$";
+    const EXPECTED: &'static str =
+        "a valid address (WHATWG's type=email syntax) of at most 254 characters";
+
+    fn regex() -> &'static Regex {
+        static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(EmailRule::PATTERN));
+        &REGEX
+    }
+}
+
+pub struct NameRule;
+
+impl TextRule for NameRule {
+    const FIELD: &'static str = "name";
+    const MAX_CHARS: Option<usize> = Some(200);
+    /// Not blank, and no NUL, which PostgreSQL text cannot hold.
+    const PATTERN: &'static str = r"^[^\x00]*[^\x00\s][^\x00]*$";
+    const EXPECTED: &'static str =
+        "at most 200 characters, not only whitespace, with no NUL character";
+
+    fn regex() -> &'static Regex {
+        static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(NameRule::PATTERN));
+        &REGEX
+    }
+}
+
+pub struct EmailKeyRule;
+
+impl TextRule for EmailKeyRule {
+    const FIELD: &'static str = "email";
+    const MIN_CHARS: Option<usize> = Some(1);
+    const MAX_CHARS: Option<usize> = EmailRule::MAX_CHARS;
+    const PATTERN: &'static str = r"^[^\x00]*$";
+    const EXPECTED: &'static str = "1 to 254 characters with no NUL character";
+
+    fn regex() -> &'static Regex {
+        static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(EmailKeyRule::PATTERN));
+        &REGEX
+    }
+}
+
+pub struct NamePrefixRule;
+
+impl TextRule for NamePrefixRule {
+    const FIELD: &'static str = "name_prefix";
+    const MIN_CHARS: Option<usize> = Some(1);
+    const MAX_CHARS: Option<usize> = NameRule::MAX_CHARS;
+    const PATTERN: &'static str = r"^[^\x00]*$";
+    const EXPECTED: &'static str = "1 to 200 characters with no NUL character";
+
+    fn regex() -> &'static Regex {
+        static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(NamePrefixRule::PATTERN));
+        &REGEX
+    }
+}
 
 /// A user account.
 #[derive(Debug, Object)]
@@ -47,22 +121,17 @@ impl From<users::Model> for User {
 pub struct CreateUserRequest {
     /// A valid address (WHATWG's `type=email` syntax) of at most 254 characters, unique
     /// case-insensitively.
-    #[oai(validator(
-        max_length = 254,
-        pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
-    ))]
-    pub email: Text,
+    pub email: Email,
     /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
     /// text cannot hold.
-    #[oai(validator(max_length = 200, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
-    pub name: Text,
+    pub name: Name,
 }
 
 impl From<CreateUserRequest> for NewUser {
     fn from(request: CreateUserRequest) -> Self {
         NewUser {
-            email: request.email.0,
-            name: request.name.0.trim().to_owned(),
+            email: request.email.into_inner(),
+            name: trimmed(request.name),
         }
     }
 }
@@ -73,15 +142,10 @@ impl From<CreateUserRequest> for NewUser {
 pub struct UpdateUserRequest {
     /// A valid address (WHATWG's `type=email` syntax) of at most 254 characters, unique
     /// case-insensitively.
-    #[oai(validator(
-        max_length = 254,
-        pattern = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
-    ))]
-    pub email: MaybeUndefined<Text>,
+    pub email: MaybeUndefined<Email>,
     /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
     /// text cannot hold.
-    #[oai(validator(max_length = 200, pattern = r"^[^\x00]*[^\x00\s][^\x00]*$"))]
-    pub name: MaybeUndefined<Text>,
+    pub name: MaybeUndefined<Name>,
 }
 
 impl TryFrom<UpdateUserRequest> for UserChanges {
@@ -89,17 +153,21 @@ impl TryFrom<UpdateUserRequest> for UserChanges {
 
     fn try_from(request: UpdateUserRequest) -> Result<Self, ApiError> {
         Ok(UserChanges {
-            email: present("email", request.email)?,
-            name: present("name", request.name)?.map(|name| name.trim().to_owned()),
+            email: present(request.email)?.map(Email::into_inner),
+            name: present(request.name)?.map(trimmed),
         })
     }
 }
 
-fn present(field: &str, value: MaybeUndefined<Text>) -> Result<Option<String>, ApiError> {
+fn trimmed(name: Name) -> String {
+    name.as_str().trim().to_owned()
+}
+
+fn present<R: TextRule>(value: MaybeUndefined<Checked<R>>) -> Result<Option<Checked<R>>, ApiError> {
     match value {
         MaybeUndefined::Undefined => Ok(None),
-        MaybeUndefined::Null => Err(ApiError::invalid_field(field, "must not be null")),
-        MaybeUndefined::Value(value) => Ok(Some(value.0)),
+        MaybeUndefined::Null => Err(ApiError::invalid_field(R::FIELD, "must not be null")),
+        MaybeUndefined::Value(value) => Ok(Some(value)),
     }
 }
 
@@ -110,4 +178,26 @@ pub struct UserPage {
     pub items: Vec<User>,
     /// Pass as `cursor` to get the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_check_what_their_patterns_say() {
+        assert!(Email::parse("ada@example.com".into()).is_ok());
+        assert!(Email::parse("not an address".into()).is_err());
+        assert!(Email::parse(format!("{}@example.com", "a".repeat(250))).is_err());
+        assert!(Name::parse(" Ada ".into()).is_ok());
+        assert!(Name::parse(" \t ".into()).is_err());
+        assert!(Name::parse("a\0b".into()).is_err());
+        assert!(
+            Name::parse("é".repeat(200)).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(Name::parse("é".repeat(201)).is_err());
+        assert!(EmailKey::parse(String::new()).is_err());
+        assert!(NamePrefix::parse("a".into()).is_ok());
+    }
 }

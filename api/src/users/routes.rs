@@ -9,18 +9,19 @@ use poem_openapi::{ApiResponse, OpenApi, Tags};
 use uuid::Uuid;
 
 use super::cursor::Cursor;
-use super::etag::{etag, if_match, none_match};
-use super::model::{CreateUserRequest, UpdateUserRequest, User, UserPage};
+use super::etag::{EntityTags, etag, if_match, none_match};
+use super::model::{CreateUserRequest, EmailKey, NamePrefix, UpdateUserRequest, User, UserPage};
 use super::repository::{ListQuery, RepoError, UserChanges, UserRepository};
-use crate::error::{ApiError, Errors, error_set};
+use crate::http::API_PREFIX;
+use crate::http::error::{ApiError, ErrorCode, Errors, error_set};
 
 const DEFAULT_LIMIT: u32 = 50;
 
-error_set!(CreateErrors: 400, 401, 403, 409, 413, 415, 429, 500, 503);
-error_set!(ReadErrors: 400, 401, 403, 404, 429, 500, 503);
-error_set!(ListErrors: 400, 401, 403, 429, 500, 503);
-error_set!(UpdateErrors: 400, 401, 403, 404, 409, 412, 413, 415, 429, 500, 503);
-error_set!(DeleteErrors: 400, 401, 403, 404, 412, 429, 500, 503);
+error_set!(CreateErrors: InvalidRequest, EmailTaken, PayloadTooLarge, UnsupportedMediaType);
+error_set!(ReadErrors: InvalidRequest, UserNotFound);
+error_set!(ListErrors: InvalidRequest);
+error_set!(UpdateErrors: InvalidRequest, UserNotFound, EmailTaken, VersionMismatch, PayloadTooLarge, UnsupportedMediaType);
+error_set!(DeleteErrors: InvalidRequest, UserNotFound, VersionMismatch);
 
 #[derive(Tags)]
 enum ApiTags {
@@ -81,6 +82,13 @@ enum Deleted {
     NoContent,
 }
 
+/// What a lookup missed by, for the 404's detail.
+#[derive(Clone, Copy)]
+enum Key {
+    Id,
+    Email,
+}
+
 pub struct UsersApi {
     repository: UserRepository,
     /// How long a client should wait before retrying when the database is unavailable.
@@ -95,20 +103,31 @@ impl UsersApi {
         }
     }
 
-    fn fail(&self, error: RepoError) -> ApiError {
-        match error {
-            RepoError::NotFound => ApiError::UserNotFound,
-            RepoError::EmailTaken => ApiError::EmailTaken,
-            RepoError::VersionMismatch => ApiError::VersionMismatch,
-            RepoError::Unavailable(_) => ApiError::DatabaseUnavailable {
-                retry_after: self.retry_after,
-            },
-            RepoError::Other(_) => ApiError::Internal,
+    fn fail(&self, key: Key) -> impl Fn(RepoError) -> ApiError + '_ {
+        move |error| match error {
+            RepoError::NotFound => ApiError::new(
+                ErrorCode::UserNotFound,
+                match key {
+                    Key::Id => "no user has this id",
+                    Key::Email => "no user has this email",
+                },
+            ),
+            RepoError::EmailTaken => ErrorCode::EmailTaken.into(),
+            RepoError::VersionMismatch => ErrorCode::VersionMismatch.into(),
+            RepoError::Unavailable(_) => {
+                ApiError::retry_after(ErrorCode::DatabaseUnavailable, self.retry_after)
+            }
+            RepoError::Other(_) => ErrorCode::Internal.into(),
         }
     }
 }
 
-#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Users")]
+/// The URL of a user, as `Location` gives it.
+fn location(id: Uuid) -> String {
+    format!("{API_PREFIX}/users/{id}")
+}
+
+#[OpenApi(prefix_path = API_PREFIX, tag = "ApiTags::Users")]
 impl UsersApi {
     /// Create a user.
     #[oai(path = "/users", method = "post", operation_id = "createUser")]
@@ -117,9 +136,8 @@ impl UsersApi {
             .repository
             .create(body.0.into())
             .await
-            .map_err(|error| self.fail(error))?;
-        let location = format!("/api/v1/users/{}", user.id);
-        let tag = etag(user.version);
+            .map_err(self.fail(Key::Id))?;
+        let (tag, location) = (etag(user.version), location(user.id));
         Ok(Created::Created(Json(user.into()), location, tag))
     }
 
@@ -130,21 +148,16 @@ impl UsersApi {
         id: Path<Uuid>,
         /// Answer 304 when the user still has one of these versions (weak comparison). Empty is
         /// the same as absent.
-        #[oai(
-            name = "If-None-Match",
-            validator(
-                pattern = r#"^\s*(\*|(W/)?"[\x21\x23-\x7E]*"(\s*,\s*(W/)?"[\x21\x23-\x7E]*")*)?\s*$"#
-            )
-        )]
-        if_none_match: Header<Option<String>>,
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<EntityTags>>,
     ) -> Result<Found, Errors<ReadErrors>> {
         let user = self
             .repository
             .find_by_id(id.0)
             .await
-            .map_err(|error| self.fail(error))?;
+            .map_err(self.fail(Key::Id))?;
         let tag = etag(user.version);
-        if none_match(if_none_match.0.as_deref(), user.version) {
+        if none_match(if_none_match.0.as_ref(), user.version) {
             return Ok(Found::NotModified(tag));
         }
         Ok(Found::Ok(Json(user.into()), tag))
@@ -156,15 +169,12 @@ impl UsersApi {
         method = "get",
         operation_id = "lookupUserByEmail"
     )]
-    async fn lookup(
-        &self,
-        #[oai(validator(max_length = 254, pattern = r"^[^\x00]*$"))] email: Query<String>,
-    ) -> Result<LookedUp, Errors<ReadErrors>> {
+    async fn lookup(&self, email: Query<EmailKey>) -> Result<LookedUp, Errors<ReadErrors>> {
         let user = self
             .repository
-            .find_by_email(&email.0)
+            .find_by_email(email.0.as_str())
             .await
-            .map_err(|error| self.fail(error))?;
+            .map_err(self.fail(Key::Email))?;
         let tag = etag(user.version);
         Ok(LookedUp::Ok(Json(user.into()), tag))
     }
@@ -181,32 +191,23 @@ impl UsersApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<u32>>,
         /// The `next_cursor` of the previous page.
-        #[oai(validator(pattern = "^[A-Za-z0-9_-]{32}$"))]
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<Cursor>>,
         /// Only users whose name starts with this, case-insensitively.
-        #[oai(validator(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$"))]
-        name_prefix: Query<Option<String>>,
+        name_prefix: Query<Option<NamePrefix>>,
         /// Only users changed at or after this time (RFC 3339).
         updated_since: Query<Option<DateTime<Utc>>>,
     ) -> Result<Listed, Errors<ListErrors>> {
-        let after = match cursor.0.as_deref().map(Cursor::decode) {
-            None => None,
-            Some(Ok(cursor)) => Some(cursor),
-            Some(Err(error)) => {
-                return Err(ApiError::invalid_field("cursor", error.to_string()).into());
-            }
-        };
         let query = ListQuery {
             limit: limit.0.unwrap_or(DEFAULT_LIMIT).into(),
-            after,
-            name_prefix: name_prefix.0,
+            after: cursor.0,
+            name_prefix: name_prefix.0.map(NamePrefix::into_inner),
             updated_since: updated_since.0,
         };
         let page = self
             .repository
             .list(query)
             .await
-            .map_err(|error| self.fail(error))?;
+            .map_err(self.fail(Key::Id))?;
         Ok(Listed::Ok(Json(UserPage {
             items: page.items.into_iter().map(User::from).collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()),
@@ -220,21 +221,16 @@ impl UsersApi {
         id: Path<Uuid>,
         /// Update only if the user still has this version (strong comparison; `*` for any).
         /// Empty is the same as absent.
-        #[oai(
-            name = "If-Match",
-            validator(
-                pattern = r#"^\s*(\*|(W/)?"[\x21\x23-\x7E]*"(\s*,\s*(W/)?"[\x21\x23-\x7E]*")*)?\s*$"#
-            )
-        )]
-        if_match_header: Header<Option<String>>,
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<EntityTags>>,
         body: Json<UpdateUserRequest>,
     ) -> Result<Updated, Errors<UpdateErrors>> {
         let changes = UserChanges::try_from(body.0)?;
         let user = self
             .repository
-            .update(id.0, changes, if_match(if_match_header.0.as_deref()))
+            .update(id.0, changes, if_match(if_match_header.0.as_ref()))
             .await
-            .map_err(|error| self.fail(error))?;
+            .map_err(self.fail(Key::Id))?;
         let tag = etag(user.version);
         Ok(Updated::Ok(Json(user.into()), tag))
     }
@@ -246,18 +242,13 @@ impl UsersApi {
         id: Path<Uuid>,
         /// Delete only if the user still has this version (strong comparison; `*` for any).
         /// Empty is the same as absent.
-        #[oai(
-            name = "If-Match",
-            validator(
-                pattern = r#"^\s*(\*|(W/)?"[\x21\x23-\x7E]*"(\s*,\s*(W/)?"[\x21\x23-\x7E]*")*)?\s*$"#
-            )
-        )]
-        if_match_header: Header<Option<String>>,
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<EntityTags>>,
     ) -> Result<Deleted, Errors<DeleteErrors>> {
         self.repository
-            .delete(id.0, if_match(if_match_header.0.as_deref()))
+            .delete(id.0, if_match(if_match_header.0.as_ref()))
             .await
-            .map_err(|error| self.fail(error))?;
+            .map_err(self.fail(Key::Id))?;
         Ok(Deleted::NoContent)
     }
 }

@@ -1,4 +1,11 @@
-//! The connection pool, built from [`PoolConfig`], and the migrations at start.
+//! The database wing: the connection pool built from [`PoolConfig`], the migrations at start,
+//! and the timing and classification of every call ([`observe`]). Nothing here knows users.
+
+mod observe;
+mod operation;
+
+pub use observe::{ErrorKind, observe, record_not_found};
+pub use operation::Operation;
 
 use std::path::Path;
 

@@ -1,0 +1,132 @@
+//! [`App`]: the route tree, the middleware stack and the shared state of a built service.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use observability::metrics::Metrics;
+use poem::endpoint::BoxEndpoint;
+use poem::{EndpointExt, Route};
+use poem_openapi::{OpenApiService, OperationId};
+use sea_orm::{DatabaseConnection, DbErr};
+
+use crate::config::Config;
+use crate::db::{self, Operation};
+use crate::health::HealthApi;
+use crate::http::auth::{Guard, Tokens};
+use crate::http::headers::{SecurityHeaders, cors};
+use crate::http::rate_limit::RateLimit;
+use crate::http::spec::{Auth, DOCS_PATH, SPEC_PATH, Spec};
+use crate::http::{input, problems};
+use crate::users::repository::UserRepository;
+use crate::users::routes::UsersApi;
+
+/// A built service: connected, migrated, ready to serve.
+pub struct App {
+    pub(crate) config: Config,
+    pub(crate) db: DatabaseConnection,
+    pub(crate) metrics: Metrics,
+    public: Arc<BoxEndpoint<'static>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] DbErr),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[source] DbErr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+pub async fn build(config: Config) -> Result<App, StartupError> {
+    let db = db::connect(&config).await.map_err(StartupError::Connect)?;
+    if config.run_migrations {
+        db::migrate(&db).await.map_err(StartupError::Migrate)?;
+    }
+    let metrics = Metrics::install();
+    Operation::register_all();
+    let public = Arc::new(routes(&config, db.clone()));
+    Ok(App {
+        config,
+        db,
+        metrics,
+        public,
+    })
+}
+
+impl App {
+    /// The public route tree, for poem's test client.
+    pub fn endpoint(&self) -> Arc<BoxEndpoint<'static>> {
+        Arc::clone(&self.public)
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+fn api_service(
+    config: &Config,
+    db: DatabaseConnection,
+) -> OpenApiService<(UsersApi, HealthApi), ()> {
+    let users = UsersApi::new(UserRepository::new(db.clone()), config.pool.acquire_timeout);
+    OpenApiService::new(
+        (users, HealthApi::new(db)),
+        "user-service",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Users: create, read, look up by email, list and search, update, delete.")
+}
+
+/// The OpenAPI document of a production instance (tokens configured), as committed in
+/// `openapi.json`.
+pub fn openapi_spec() -> String {
+    let config = Config::from_lookup(|_| None).expect("the defaults are valid");
+    Spec::new(
+        &api_service(&config, DatabaseConnection::default()),
+        Auth::Required,
+    )
+    .text
+}
+
+fn routes(config: &Config, db: DatabaseConnection) -> BoxEndpoint<'static> {
+    let tokens = Tokens::new(&config.api_tokens, &config.api_read_tokens);
+    let auth = if tokens.is_empty() {
+        tracing::warn!(
+            "API_TOKENS and API_READ_TOKENS are unset: /api/v1 is open to anyone who can reach it"
+        );
+        Auth::Open
+    } else {
+        Auth::Required
+    };
+    let guard = Guard::new(tokens, config.rate_limit_per_second.map(RateLimit::new));
+    let api = api_service(config, db);
+    let Spec {
+        text,
+        swagger_html,
+        csp,
+        templates,
+        methods,
+    } = Spec::new(&api, auth);
+    let spec_endpoint = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(text.clone())
+    });
+    let docs_endpoint = poem::endpoint::make_sync(move |_| poem::web::Html(swagger_html.clone()));
+    let route = Route::new()
+        .nest("/", api)
+        .at(SPEC_PATH, spec_endpoint)
+        .at(DOCS_PATH, docs_endpoint);
+    let cors = cors(&config.cors_allowed_origins);
+    // Outermost first: metrics see every final status; the guard refuses before a body is read.
+    problems::problem_errors(input::check_input(route).with(guard), Arc::new(methods))
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .with(SecurityHeaders::new(&csp))
+        .with(observability::http::Observe::new(move |response| {
+            let operation = response.data::<OperationId>()?;
+            templates.get(operation.0).cloned()
+        }))
+        .boxed()
+}

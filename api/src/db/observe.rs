@@ -1,0 +1,116 @@
+//! Every database call is timed, traced and classified here, into
+//! `database_query_duration_seconds` and `database_errors_total`, and its failure reduced to a
+//! neutral [`ErrorKind`] that callers map to their own errors.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use observability::db::ErrorKind;
+use observability::db::{record_error, record_query};
+use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, SqlErr, sqlx};
+use tracing::Instrument;
+
+use super::Operation;
+
+/// Runs one database call inside a span, times it, and classifies its failure.
+pub async fn observe<T>(
+    operation: Operation,
+    call: impl Future<Output = Result<T, DbErr>>,
+) -> Result<T, ErrorKind> {
+    let name = operation.as_str();
+    let span = tracing::info_span!("db.query", db.operation = name);
+    let started = Instant::now();
+    let result = call.instrument(span).await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(value) => {
+            record_query(name, elapsed, None);
+            Ok(value)
+        }
+        Err(error) => {
+            let kind = classify(&error);
+            record_query(name, elapsed, Some(kind));
+            log_failure(name, kind, &error, elapsed);
+            Err(kind)
+        }
+    }
+}
+
+/// Counts a call that succeeded but found nothing (`kind="not_found"`).
+pub fn record_not_found(operation: Operation) -> ErrorKind {
+    record_error(operation.as_str(), ErrorKind::NotFound);
+    ErrorKind::NotFound
+}
+
+fn classify(error: &DbErr) -> ErrorKind {
+    if let Some(SqlErr::UniqueConstraintViolation(_)) = error.sql_err() {
+        return ErrorKind::UniqueViolation;
+    }
+    match error {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => ErrorKind::PoolTimeout,
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => ErrorKind::Connection,
+        DbErr::RecordNotFound(_) | DbErr::RecordNotUpdated => ErrorKind::NotFound,
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
+            classify_sqlx(error)
+        }
+        _ => ErrorKind::Other,
+    }
+}
+
+fn classify_sqlx(error: &sqlx::Error) -> ErrorKind {
+    match error {
+        sqlx::Error::PoolTimedOut => ErrorKind::PoolTimeout,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorKind::Connection,
+        sqlx::Error::Database(error) => match error.code().as_deref() {
+            // PostgreSQL: query_canceled (statement_timeout), lock_not_available.
+            Some("57014" | "55P03") => ErrorKind::Timeout,
+            // PostgreSQL: connection exceptions, shutdown/crash (57P0x), too many connections.
+            Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+                ErrorKind::Connection
+            }
+            // SQLite: SQLITE_BUSY and SQLITE_LOCKED, plain and extended.
+            Some("5" | "6" | "261" | "262" | "517") => ErrorKind::Timeout,
+            _ => ErrorKind::Other,
+        },
+        _ => ErrorKind::Other,
+    }
+}
+
+/// Logs a failed call without its SQL parameters or the server's detail text, either of which
+/// can carry an email address or a name.
+fn log_failure(operation: &'static str, kind: ErrorKind, error: &DbErr, elapsed: Duration) {
+    let sqlstate = match error {
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
+            match error.as_ref() {
+                sqlx::Error::Database(error) => error.code().map(|code| code.into_owned()),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let elapsed_ms = elapsed.as_millis() as u64;
+    match kind {
+        ErrorKind::UniqueViolation | ErrorKind::NotFound => {
+            tracing::debug!(operation, kind = kind.as_str(), "database call refused")
+        }
+        ErrorKind::Other if sqlstate.is_some() => tracing::error!(
+            operation,
+            kind = kind.as_str(),
+            sqlstate = sqlstate.as_deref(),
+            elapsed_ms,
+            "database call failed"
+        ),
+        _ => tracing::warn!(
+            operation,
+            kind = kind.as_str(),
+            sqlstate = sqlstate.as_deref(),
+            error = %error,
+            elapsed_ms,
+            "database call failed"
+        ),
+    }
+}

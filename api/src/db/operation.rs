@@ -1,0 +1,38 @@
+//! The database operations the service reports, by name: the `operation` label of
+//! `database_query_duration_seconds` and `database_errors_total`. An enum, so a name cannot be
+//! misspelt at a call site into a series that was never registered at 0.
+
+use strum::{EnumIter, IntoEnumIterator, IntoStaticStr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, IntoStaticStr)]
+pub enum Operation {
+    #[strum(serialize = "user.create")]
+    CreateUser,
+    #[strum(serialize = "user.find_by_id")]
+    FindUserById,
+    #[strum(serialize = "user.find_by_email")]
+    FindUserByEmail,
+    #[strum(serialize = "user.list")]
+    ListUsers,
+    #[strum(serialize = "user.list_updated_since")]
+    ListUsersUpdatedSince,
+    #[strum(serialize = "user.update")]
+    UpdateUser,
+    #[strum(serialize = "user.delete")]
+    DeleteUser,
+    #[strum(serialize = "user.version_of")]
+    UserVersion,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Registers every (operation, kind) error counter at 0, so dashboards and alerts read 0
+    /// rather than "no data" before the first error.
+    pub fn register_all() {
+        let names: Vec<&'static str> = Operation::iter().map(Operation::as_str).collect();
+        observability::db::register_operations(&names);
+    }
+}

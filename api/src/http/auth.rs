@@ -1,0 +1,177 @@
+//! Who may call `/api/v1`, and how often.
+//!
+//! Tokens: `API_TOKENS` may read and write, `API_READ_TOKENS` may only read. Only their
+//! SHA-256 digests are kept, and a presented token is compared with every digest in constant
+//! time, so neither memory dumps nor timing reveal a token. With no token configured the API is
+//! open (`build` warns at start, and the served spec says so).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use poem::http::{Method, header};
+use poem::web::RemoteAddr;
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::{ApiError, ErrorCode};
+use super::rate_limit::RateLimit;
+
+/// The one definition of what the guard protects; the spec declares `bearerAuth` on exactly
+/// these paths.
+pub fn is_guarded(path: &str) -> bool {
+    super::is_api_path(path)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// The configured tokens, as digests.
+pub struct Tokens {
+    digests: Vec<([u8; 32], Access)>,
+}
+
+impl Tokens {
+    pub fn new(read_write: &[String], read_only: &[String]) -> Self {
+        let digests = read_write
+            .iter()
+            .map(|t| (digest(t), Access::ReadWrite))
+            .chain(read_only.iter().map(|t| (digest(t), Access::ReadOnly)))
+            .collect();
+        Self { digests }
+    }
+
+    /// No token configured: the API is open.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// The access of `token`, looking at every digest whatever matches, in constant time.
+    fn access(&self, token: &str) -> Option<Access> {
+        let presented = digest(token);
+        let mut found = None;
+        for (digest, access) in &self.digests {
+            if bool::from(digest.ct_eq(&presented)) {
+                found = Some(*access);
+            }
+        }
+        found
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Authentication and rate limiting of the guarded paths.
+#[derive(Clone)]
+pub struct Guard {
+    tokens: Arc<Tokens>,
+    rate_limit: Option<RateLimit>,
+}
+
+impl Guard {
+    pub fn new(tokens: Tokens, rate_limit: Option<RateLimit>) -> Self {
+        Self {
+            tokens: Arc::new(tokens),
+            rate_limit,
+        }
+    }
+}
+
+impl<E: Endpoint> Middleware<E> for Guard {
+    type Output = GuardEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        GuardEndpoint {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+pub struct GuardEndpoint<E> {
+    inner: E,
+    guard: Guard,
+}
+
+impl<E: Endpoint> Endpoint for GuardEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, request: Request) -> Result<Response> {
+        if is_guarded(request.uri().path()) {
+            self.admit(&request)?;
+        }
+        Ok(self.inner.call(request).await?.into_response())
+    }
+}
+
+impl<E> GuardEndpoint<E> {
+    fn admit(&self, request: &Request) -> Result<(), ApiError> {
+        let token = bearer(request);
+        let tokens = &self.guard.tokens;
+        if !tokens.is_empty() {
+            match token.and_then(|token| tokens.access(token)) {
+                None => return Err(ErrorCode::Unauthorized.into()),
+                Some(Access::ReadOnly) if !is_read(request.method()) => {
+                    return Err(ErrorCode::Forbidden.into());
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(rate_limit) = &self.guard.rate_limit {
+            // Per token when one is presented (a digest: the token itself is kept nowhere),
+            // else per client address.
+            let key = match token {
+                Some(token) => hex(&digest(token)),
+                None => client_ip(request.remote_addr())
+                    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+            };
+            rate_limit.check(key)?;
+        }
+        Ok(())
+    }
+}
+
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn client_ip(addr: &RemoteAddr) -> Option<IpAddr> {
+    addr.as_socket_addr().map(|socket| socket.ip())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_matched_by_digest_with_their_access() {
+        let tokens = Tokens::new(&["writer-token".into()], &["reader-token".into()]);
+        assert_eq!(tokens.access("writer-token"), Some(Access::ReadWrite));
+        assert_eq!(tokens.access("reader-token"), Some(Access::ReadOnly));
+        assert_eq!(tokens.access("writer-tokeN"), None);
+        assert_eq!(tokens.access(""), None);
+        assert!(Tokens::new(&[], &[]).is_empty());
+    }
+}
