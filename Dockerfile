@@ -1,13 +1,15 @@
-# Multi-stage build of the api. The builder caches dependencies in a layer of their own.
+# Multi-stage build of the api. The builder caches dependencies in a layer of their own: every
+# workspace member's manifest with stub sources, built once; then the real sources.
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY api/Cargo.toml api/
+COPY bench/Cargo.toml bench/
 COPY entity/Cargo.toml entity/
 COPY migration/Cargo.toml migration/
 COPY observability/Cargo.toml observability/
-RUN for crate in api entity migration observability; do mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; done \
-    && cargo build --release -p api || true
+RUN for crate in api bench entity migration observability; do mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; done \
+    && cargo build --release -p api --locked
 COPY . .
 RUN touch api/src/main.rs api/src/lib.rs entity/src/lib.rs migration/src/lib.rs observability/src/lib.rs \
     && cargo build --release -p api --locked

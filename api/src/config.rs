@@ -1,7 +1,9 @@
 //! The service configuration: read once from the environment at start-up into typed values.
 //!
-//! Every variable has the default of DESIGN.md. A bad value is a [`ConfigError`] naming the
-//! variable, the value and what was expected, so start-up fails with one readable line.
+//! Every variable, its default and meaning are in docs/configuration.md (a test keeps that table,
+//! `.env.example` and this parser naming the same variables). A bad value is a [`ConfigError`]
+//! naming the variable, the value and what was expected, so start-up fails with one readable
+//! line.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 pub use observability::telemetry::LogFormat;
 
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/users.db?mode=rwc";
+pub use migration::DEFAULT_DATABASE_URL;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -407,6 +409,56 @@ mod tests {
         let error = parse(&[("DB_MAX_CONNECTIONS", "4"), ("DB_MIN_CONNECTIONS", "5")]).unwrap_err();
         assert_eq!(error.variable, "DB_MIN_CONNECTIONS");
         assert!(error.expected.contains("DB_MAX_CONNECTIONS (4)"));
+    }
+
+    /// The variables `Config` reads, as seen by its lookup.
+    fn variables_read() -> std::collections::BTreeSet<String> {
+        let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        Config::from_lookup(|name| {
+            seen.borrow_mut().insert(name.to_owned());
+            None
+        })
+        .unwrap();
+        seen.into_inner()
+    }
+
+    /// Variables documented and exampled that `Config` does not read itself.
+    const READ_ELSEWHERE: [&str; 1] = [
+        // By tracing-subscriber's filter.
+        "RUST_LOG",
+    ];
+
+    fn repo_file(path: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn config_env_example_and_docs_name_the_same_variables() {
+        let mut expected = variables_read();
+        expected.extend(READ_ELSEWHERE.map(str::to_owned));
+        // `.env.example`: `NAME=value`, or `# NAME=` for those unset by default.
+        let example: std::collections::BTreeSet<String> = repo_file(".env.example")
+            .lines()
+            .map(|line| line.trim_start_matches("# "))
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, _)| name)
+            .filter(|name| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            })
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(example, expected, ".env.example");
+        // docs/configuration.md: the first column of its table, `| `NAME` | ...`.
+        let documented: std::collections::BTreeSet<String> = repo_file("docs/configuration.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        assert_eq!(documented, expected, "docs/configuration.md");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! What an on-call engineer sees is true: the metric names of DESIGN.md on the admin listener
-//! only, route templates rather than raw paths, no personal data in metrics or logs, and every
-//! dashboard query answered with data by a real Prometheus scraping the real service.
+//! What an on-call engineer sees is true: the metric names of docs/architecture.md on the admin
+//! listener only, route templates rather than raw paths, no personal data in metrics or logs, and
+//! every dashboard query answered with data by a real Prometheus scraping the real service.
 
 mod common;
 

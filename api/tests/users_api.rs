@@ -1,4 +1,4 @@
-//! The HTTP contract of DESIGN.md, on SQLite and on PostgreSQL.
+//! The HTTP contract (docs/api.md), on SQLite and on PostgreSQL.
 
 mod common;
 

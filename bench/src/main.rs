@@ -195,7 +195,8 @@ fn config(name: &str) -> Result<Config> {
                 ("DB_TEST_BEFORE_ACQUIRE", "always"),
             ]),
         },
-        // Plan 1 exactly: 50/5, 3 s, 10 min, 30 min, connection test before acquisition.
+        // The original tuning plan exactly (docs/architecture.md): 50/5, 3 s, 10 min, 30 min,
+        // connection test before acquisition.
         "plan1" => Config {
             name: name.into(),
             indexed: true,
@@ -208,7 +209,7 @@ fn config(name: &str) -> Result<Config> {
                 ("DB_TEST_BEFORE_ACQUIRE", "always"),
             ]),
         },
-        // Our defaults (DESIGN.md).
+        // The shipped defaults (docs/configuration.md).
         "tuned" => Config {
             name: name.into(),
             indexed: true,

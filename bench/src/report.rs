@@ -155,7 +155,7 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
 
     let has = |c: &str| report.configs.iter().any(|x| x == c);
     if has("before") && has("plan1") {
-        writeln!(md, "## Does plan 1 deliver 2-3x QPS?\n")?;
+        writeln!(md, "## Does the tuning plan deliver 2-3x QPS?\n")?;
         writeln!(
             md,
             "| scenario | before req/s | plan1 req/s | plan1 / before | tuned / plan1 |"

@@ -3,6 +3,10 @@
 
 pub use sea_orm_migration::prelude::*;
 
+/// Where the service and this CLI keep the data when `DATABASE_URL` is unset: an embedded
+/// SQLite file, created on first use, so a fresh clone runs with no server.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/users.db?mode=rwc";
+
 mod m20260101_000001_create_users;
 mod m20260101_000002_optimize_indexes;
 
@@ -18,8 +22,8 @@ impl MigratorTrait for Migrator {
     }
 }
 
-/// Only the table creation: the schema as it was before `optimize_indexes`, for benchmarks
-/// that measure what the indexes buy.
+/// Only the table (with its unique email index): the schema before `optimize_indexes`, for
+/// benchmarks that measure what the optimization indexes buy.
 pub struct MigratorWithoutIndexes;
 
 #[async_trait::async_trait]

@@ -1,4 +1,5 @@
-//! The indexes that make every query of the api an index scan.
+//! The indexes that make every query of the api an index scan (the email index, which is also
+//! a uniqueness constraint, comes with the table in the first migration).
 //!
 //! Written as SQL rather than with sea-query's index builder: the two `lower(...)` indexes are
 //! expression indexes, which sea-query cannot build for SQLite, and `text_pattern_ops` has no
@@ -11,8 +12,6 @@ use sea_orm_migration::sea_orm::DbBackend;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// Case-insensitive uniqueness of emails; also serves the lookup by email.
-const EMAIL: &str = "CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email))";
 /// Keyset pagination, newest first (scanned backwards).
 const CREATED: &str = "CREATE INDEX users_created_at_id_idx ON users (created_at, id)";
 /// Incremental sync by `updated_since`, oldest change first.
@@ -23,8 +22,7 @@ const NAME_POSTGRES: &str =
     "CREATE INDEX users_name_lower_prefix_idx ON users (lower(name) text_pattern_ops)";
 const NAME_SQLITE: &str = "CREATE INDEX users_name_lower_prefix_idx ON users (lower(name))";
 
-const INDEXES: [&str; 4] = [
-    "users_email_lower_key",
+const INDEXES: [&str; 3] = [
     "users_name_lower_prefix_idx",
     "users_created_at_id_idx",
     "users_updated_at_id_idx",
@@ -38,7 +36,7 @@ impl MigrationTrait for Migration {
             _ => NAME_SQLITE,
         };
         let db = manager.get_connection();
-        for statement in [EMAIL, name, CREATED, UPDATED] {
+        for statement in [name, CREATED, UPDATED] {
             db.execute_unprepared(statement).await?;
         }
         Ok(())

@@ -1,9 +1,8 @@
 //! `cargo run -p migration -- up|down|status|fresh`: the migrations by hand, against
 //! `DATABASE_URL` (or the api's SQLite default when it is unset).
 
+use migration::DEFAULT_DATABASE_URL;
 use sea_orm_migration::prelude::*;
-
-const DEFAULT_DATABASE_URL: &str = "sqlite://data/users.db?mode=rwc";
 
 fn main() {
     let _ = dotenvy::dotenv();

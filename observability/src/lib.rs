@@ -1,6 +1,6 @@
 //! Observability of the user service: the Prometheus recorder, database and pool metrics,
 //! the HTTP metrics and request-span middleware, and the tracing / OpenTelemetry setup.
-//! Metric names are part of the contract (DESIGN.md): dashboards and alert rules depend on
+//! Metric names are part of the contract (docs/architecture.md): dashboards and alert rules depend on
 //! them.
 
 pub mod db;

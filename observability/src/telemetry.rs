@@ -1,6 +1,8 @@
 //! Logging and tracing: `tracing-subscriber` lines (pretty or JSON, level from `RUST_LOG`) and,
 //! when an OTLP endpoint is configured, span export through `tracing-opentelemetry`.
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
@@ -82,7 +84,10 @@ pub fn init(config: &TelemetryConfig<'_>) -> Result<Telemetry, TelemetryError> {
     });
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match config.log_format {
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        // Colour codes only where a person reads them: a terminal, not a file or a pipe.
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

@@ -239,7 +239,7 @@ fn dashboards_have_stable_uids_a_datasource_variable_and_rate_intervals() {
 
 #[test]
 fn dashboards_query_only_exported_metrics() {
-    // The service's metrics (DESIGN.md) and postgres-exporter's.
+    // The service's metrics (docs/architecture.md) and postgres-exporter's.
     let known = [
         "http_server_requests_total",
         "http_server_request_duration_seconds_bucket",
@@ -308,4 +308,99 @@ fn metric_names(expr: &str) -> Vec<String> {
         }
     }
     names
+}
+
+/// The workspace's members, from the root manifest.
+fn workspace_members() -> Vec<String> {
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let line = manifest
+        .lines()
+        .find(|line| line.starts_with("members"))
+        .expect("a members line");
+    line.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_caches_every_member_and_hides_no_failure() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let members = workspace_members();
+    assert!(members.len() >= 5, "{members:?}");
+    let stubs = dockerfile
+        .lines()
+        .find(|line| line.contains("for crate in"))
+        .expect("the stub loop");
+    for member in &members {
+        assert!(
+            dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/")),
+            "the dependency layer copies {member}/Cargo.toml"
+        );
+        assert!(
+            stubs
+                .split_whitespace()
+                .any(|word| word.trim_end_matches(';') == member),
+            "the stub loop creates {member}'s sources"
+        );
+    }
+    assert!(
+        !dockerfile.contains("|| true"),
+        "a failing build step must fail the image build"
+    );
+}
+
+/// GitHub's heading anchors: lower case, spaces as dashes, other punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_its_runbook_section() {
+    let runbook = std::fs::read_to_string(repo().join("docs/runbook.md")).unwrap();
+    let sections: HashSet<String> = runbook
+        .lines()
+        .filter_map(|line| line.strip_prefix("## "))
+        .map(anchor)
+        .collect();
+    let rules = yaml("observability/prometheus/alerts.yml");
+    let mut alerts = 0;
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert} has a runbook_url"));
+            let section = url
+                .strip_prefix("docs/runbook.md#")
+                .unwrap_or_else(|| panic!("{alert}: {url} points into docs/runbook.md"));
+            assert!(
+                sections.contains(section),
+                "{alert}: docs/runbook.md has a section #{section}"
+            );
+            assert_eq!(
+                section,
+                anchor(alert),
+                "{alert}'s section is named after it"
+            );
+        }
+    }
+    assert_eq!(
+        alerts,
+        sections.len(),
+        "one runbook section per alert, no stale ones"
+    );
 }

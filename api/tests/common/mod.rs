@@ -42,7 +42,17 @@ pub enum TestDb {
 }
 
 impl TestDb {
+    /// A fresh database with every migration applied.
     pub async fn new(backend: Backend) -> Self {
+        Self::create(backend, true).await
+    }
+
+    /// A fresh database with no table at all, for migration tests.
+    pub async fn empty(backend: Backend) -> Self {
+        Self::create(backend, false).await
+    }
+
+    async fn create(backend: Backend, migrated: bool) -> Self {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("create a temporary directory");
@@ -53,13 +63,17 @@ impl TestDb {
                 TestDb::Sqlite { _dir: dir, url }
             }
             Backend::Postgres => {
-                let template = template().await;
                 let name = format!(
                     "ut_{}_{}",
                     std::process::id(),
                     NEXT_DB.fetch_add(1, Ordering::Relaxed)
                 );
-                admin_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await;
+                if migrated {
+                    let template = template().await;
+                    admin_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await;
+                } else {
+                    admin_execute(&format!("CREATE DATABASE {name}")).await;
+                }
                 TestDb::Postgres {
                     url: database_url(&name),
                     name,
