@@ -2,10 +2,12 @@
 //! pagination at the same depth.
 
 use anyhow::{Context, Result};
+use api::users::cursor::Cursor;
+use api::users::repository::ListQuery;
 use sea_orm::sqlx::{self, Connection, PgConnection};
 use serde_json::Value;
 
-use crate::data;
+use crate::{data, statements};
 
 pub struct Timing {
     pub query: String,
@@ -15,51 +17,37 @@ pub struct Timing {
     pub unindexed_ms: Option<f64>,
 }
 
-const COLUMNS: &str = "id, email, name, created_at, updated_at, version";
-
 pub async fn compare(indexed_url: &str, noidx_url: &str, users: u64) -> Result<Vec<Timing>> {
     let n = (users / 3).max(1);
     let deep = (users / 2).max(1);
+    let deep_cursor = Cursor {
+        at: data::created_at(deep),
+        id: data::id(deep),
+    };
+    let recent = ListQuery {
+        limit: statements::PAGE,
+        after: None,
+        name_prefix: None,
+        updated_since: Some(data::created_at(users.saturating_sub(1000).max(1))),
+    };
     let queries = [
-        (
-            "get by id",
-            format!(
-                "SELECT {COLUMNS} FROM users WHERE id = '{}' LIMIT 1",
-                data::id(n)
-            ),
-        ),
+        ("get by id", statements::find_by_id(data::id(n))),
         (
             "lookup by email",
-            format!(
-                "SELECT {COLUMNS} FROM users WHERE lower(email) = lower('USER{n}@example.com') LIMIT 1"
-            ),
+            statements::find_by_email(&format!("USER{n}@example.com")),
         ),
-        (
-            "list first page",
-            format!("SELECT {COLUMNS} FROM users ORDER BY created_at DESC, id DESC LIMIT 51"),
-        ),
+        ("list first page", statements::list(None, None)),
         (
             "list deep page (keyset)",
-            format!(
-                "SELECT {COLUMNS} FROM users WHERE (created_at, id) < ('{}', '{}') ORDER BY created_at DESC, id DESC LIMIT 51",
-                data::created_at(deep).to_rfc3339(),
-                data::id(deep)
-            ),
+            statements::list(Some(deep_cursor), None),
         ),
-        (
-            "name prefix 'gra'",
-            format!(
-                "SELECT {COLUMNS} FROM users WHERE lower(name) ~>=~ lower('gra') AND lower(name) ~<~ (lower('gra') || chr(1114111)) ORDER BY created_at DESC, id DESC LIMIT 51"
-            ),
-        ),
+        ("name prefix 'gra'", statements::list(None, Some("gra"))),
         (
             "updated since (last 1000 changes)",
-            format!(
-                "SELECT {COLUMNS} FROM users WHERE updated_at >= '{}' ORDER BY updated_at, id LIMIT 51",
-                data::created_at(users.saturating_sub(1000).max(1)).to_rfc3339()
-            ),
+            statements::list_query(&recent),
         ),
-    ];
+    ]
+    .map(|(name, statement)| (name, statements::literal(&statement)));
     let mut indexed = PgConnection::connect(indexed_url)
         .await
         .context("connect")?;
@@ -79,10 +67,10 @@ pub async fn compare(indexed_url: &str, noidx_url: &str, users: u64) -> Result<V
             unindexed_ms: Some(best_of_three(&mut noidx, sql).await?),
         });
     }
-    let offset = format!(
-        "SELECT {COLUMNS} FROM users ORDER BY created_at DESC, id DESC OFFSET {} LIMIT 51",
-        users - deep
-    );
+    // The first page's statement with an OFFSET to the deep page's depth: what keyset
+    // pagination replaces.
+    let first_page = statements::literal(&statements::list(None, None));
+    let offset = first_page.replace(" LIMIT ", &format!(" OFFSET {} LIMIT ", users - deep));
     timings.push(Timing {
         query: format!(
             "list deep page (OFFSET {}, same depth as keyset)",

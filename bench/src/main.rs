@@ -9,6 +9,7 @@ mod report;
 mod scenarios;
 mod seed;
 mod service;
+mod statements;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -302,17 +303,45 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         sweep: BTreeMap::new(),
         explain: explain::compare(&indexed_url, &noidx_url, common.users).await?,
     };
-    let duration = Duration::from_secs(run.seconds);
+    let urls = Urls {
+        indexed: indexed_url,
+        noidx: noidx_url,
+    };
     for round in 0..run.rounds {
-        for config in &configs {
+        bench
+            .round(round, &configs, &scenarios, &urls, &mut report)
+            .await?;
+    }
+    Ok(report)
+}
+
+/// The two seeded databases.
+struct Urls {
+    indexed: String,
+    noidx: String,
+}
+
+impl Bench<'_> {
+    /// One round: every configuration, then pgbench on every scenario, then the pool sweep.
+    async fn round(
+        &self,
+        round: usize,
+        configs: &[Config],
+        scenarios: &[Scenario],
+        urls: &Urls,
+        report: &mut Report,
+    ) -> Result<()> {
+        let duration = Duration::from_secs(self.run.seconds);
+        let progress = |what: &str| eprintln!("round {} / {}: {what}", round + 1, self.run.rounds);
+        for config in configs {
             let url = if config.indexed {
-                &indexed_url
+                &urls.indexed
             } else {
-                &noidx_url
+                &urls.noidx
             };
-            eprintln!("round {} / {}: {}", round + 1, run.rounds, config.name);
-            for (scenario, sample) in bench
-                .service_run(url, &config.env, &scenarios, duration)
+            progress(&config.name);
+            for (scenario, sample) in self
+                .service_run(url, &config.env, scenarios, duration)
                 .await?
             {
                 report
@@ -322,38 +351,31 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
                     .push(sample);
             }
         }
-        for scenario in &scenarios {
-            eprintln!(
-                "round {} / {}: pgbench {}",
-                round + 1,
-                run.rounds,
-                scenario.name
-            );
-            let measured = bench.pgbench(scenario, &indexed_url, duration).await?;
+        for scenario in scenarios {
+            progress(&format!("pgbench {}", scenario.name));
+            let measured = self.pgbench(scenario, &urls.indexed, duration).await?;
             report
                 .pgbench
                 .entry(scenario.name.to_owned())
                 .or_default()
                 .push(measured);
         }
-        let sweep_scenarios: Vec<&Scenario> = scenarios
+        // The sweep drives the service only: its pgbench ceiling is the scenarios' own.
+        let sweep_scenarios: Vec<Scenario> = scenarios
             .iter()
             .filter(|s| s.name == "get by id" || s.name == "mix 80/20")
+            .map(|s| Scenario {
+                name: s.name,
+                lua: s.lua,
+                pgbench: Vec::new(),
+                protocol: s.protocol,
+            })
             .collect();
-        for &size in &run.sweep {
-            eprintln!("round {} / {}: pool {size}", round + 1, run.rounds);
+        for &size in &self.run.sweep {
+            progress(&format!("pool {size}"));
             let env = config(&format!("pool-{size}"))?.env;
-            let chosen: Vec<Scenario> = sweep_scenarios
-                .iter()
-                .map(|s| Scenario {
-                    name: s.name,
-                    lua: s.lua,
-                    pgbench: Vec::new(),
-                    protocol: s.protocol,
-                })
-                .collect();
-            for (scenario, sample) in bench
-                .service_run(&indexed_url, &env, &chosen, duration)
+            for (scenario, sample) in self
+                .service_run(&urls.indexed, &env, &sweep_scenarios, duration)
                 .await?
             {
                 report
@@ -363,8 +385,8 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
                     .push(sample);
             }
         }
+        Ok(())
     }
-    Ok(report)
 }
 
 impl Bench<'_> {

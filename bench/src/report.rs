@@ -92,6 +92,29 @@ fn machine() -> String {
 pub fn write(out: &Path, report: &Report) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let mut md = String::new();
+    header(&mut md, report)?;
+    configuration_tables(&mut md, report)?;
+    let has = |c: &str| report.configs.iter().any(|x| x == c);
+    if has("before") && has("plan1") {
+        plan_comparison(&mut md, report)?;
+    }
+    if !report.sweep.is_empty() {
+        pool_sweep(&mut md, report)?;
+    }
+    md.push_str(&explain_table(&report.explain));
+    if has("tuned") {
+        targets(&mut md, report)?;
+    }
+    writeln!(
+        md,
+        "![requests per second by configuration and scenario](results.svg)"
+    )?;
+    std::fs::write(out.join("RESULTS.md"), md)?;
+    chart(&out.join("results.svg"), report)
+}
+
+/// Where and how the run was made.
+fn header(md: &mut String, report: &Report) -> Result<()> {
     writeln!(md, "# Benchmark results\n")?;
     writeln!(
         md,
@@ -123,6 +146,11 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
         "The service, PostgreSQL and the load generator share the machine's cores: ratios measured in one run are what carries over, absolute numbers drift.\n"
     )?;
 
+    Ok(())
+}
+
+/// One table per configuration: every scenario against pgbench.
+fn configuration_tables(md: &mut String, report: &Report) -> Result<()> {
     for config in &report.configs {
         writeln!(md, "## Configuration `{config}`\n")?;
         writeln!(
@@ -153,147 +181,141 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
         writeln!(md)?;
     }
 
-    let has = |c: &str| report.configs.iter().any(|x| x == c);
-    if has("before") && has("plan1") {
-        writeln!(md, "## Does the tuning plan deliver 2-3x QPS?\n")?;
-        writeln!(
-            md,
-            "| scenario | before req/s | plan1 req/s | plan1 / before | tuned / plan1 |"
-        )?;
-        writeln!(md, "| --- | ---: | ---: | ---: | ---: |")?;
-        let mut ratios = Vec::new();
-        for scenario in &report.scenarios {
-            if let (Some(before), Some(plan1)) = (
-                service(report, "before", scenario),
-                service(report, "plan1", scenario),
-            ) {
-                let tuned = service(report, "tuned", scenario)
-                    .map(|t| format!("{:.2}x", t.rps / plan1.rps))
-                    .unwrap_or_default();
-                let ratio = plan1.rps / before.rps;
-                ratios.push(ratio);
-                writeln!(
-                    md,
-                    "| {scenario} | {:.0} | {:.0} | {ratio:.2}x | {tuned} |",
-                    before.rps, plan1.rps
-                )?;
-            }
-        }
-        let geomean =
-            (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64).exp();
-        writeln!(
-            md,
-            "\nGeometric mean of plan1 / before over the scenarios: **{geomean:.2}x**.\n"
-        )?;
-    }
-
-    if !report.sweep.is_empty() {
-        writeln!(
-            md,
-            "## Pool size sweep ({} connections, tuned settings)\n",
-            report.connections
-        )?;
-        writeln!(
-            md,
-            "| pool size | get by id req/s | get by id p99 ms | mix req/s | mix p99 ms |"
-        )?;
-        writeln!(md, "| ---: | ---: | ---: | ---: | ---: |")?;
-        let sizes: std::collections::BTreeSet<u32> =
-            report.sweep.keys().map(|(size, _)| *size).collect();
-        for size in sizes {
-            let cell = |scenario: &str| {
-                report
-                    .sweep
-                    .get(&(size, scenario.to_owned()))
-                    .map(|s| summarize(s))
-                    .map_or(("-".into(), "-".into()), |s| {
-                        (format!("{:.0}", s.rps), format!("{:.2}", s.p99))
-                    })
-            };
-            let (get_rps, get_p99) = cell("get by id");
-            let (mix_rps, mix_p99) = cell("mix 80/20");
-            writeln!(
-                md,
-                "| {size} | {get_rps} | {get_p99} | {mix_rps} | {mix_p99} |"
-            )?;
-        }
-        writeln!(md)?;
-    }
-
-    md.push_str(&explain_table(&report.explain));
-
-    if has("tuned") {
-        writeln!(md, "## Targets (configuration `tuned`)\n")?;
-        writeln!(md, "| target | measured | met |")?;
-        writeln!(md, "| --- | ---: | :---: |")?;
-        let ratio = |scenario: &str| {
-            service(report, "tuned", scenario).map(|s| s.rps / pgbench_rps(report, scenario))
-        };
-        let mut target =
-            |what: &str, value: Option<f64>, unit: &str, ok: &dyn Fn(f64) -> bool| -> Result<()> {
-                match value {
-                    Some(v) => writeln!(
-                        md,
-                        "| {what} | {v:.2}{unit} | {} |",
-                        if ok(v) { "yes" } else { "no" }
-                    )?,
-                    None => writeln!(md, "| {what} | not measured | |")?,
-                }
-                Ok(())
-            };
-        target("get by id >= 0.6x pgbench", ratio("get by id"), "x", &|v| {
-            v >= 0.6
-        })?;
-        target(
-            "lookup by email >= 0.5x pgbench",
-            ratio("lookup by email"),
-            "x",
-            &|v| v >= 0.5,
-        )?;
-        target(
-            "name prefix >= 0.5x pgbench",
-            ratio("name prefix"),
-            "x",
-            &|v| v >= 0.5,
-        )?;
-        target("create >= 0.5x pgbench", ratio("create"), "x", &|v| {
-            v >= 0.5
-        })?;
-        let deep = service(report, "tuned", "list deep page").zip(service(
-            report,
-            "tuned",
-            "list first page",
-        ));
-        target(
-            "deep-page p99 <= 1.5x first-page p99",
-            deep.map(|(d, f)| d.p99 / f.p99),
-            "x",
-            &|v| v <= 1.5,
-        )?;
-        let max_rss = report
-            .scenarios
-            .iter()
-            .filter_map(|s| service(report, "tuned", s))
-            .map(|s| s.rss)
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-        target("RSS under load < 64 MiB", max_rss, " MiB", &|v| v < 64.0)?;
-        target(
-            "get by id p99 < 10 ms",
-            service(report, "tuned", "get by id").map(|s| s.p99),
-            " ms",
-            &|v| v < 10.0,
-        )?;
-        writeln!(md)?;
-    }
-    writeln!(
-        md,
-        "![requests per second by configuration and scenario](results.svg)"
-    )?;
-    std::fs::write(out.join("RESULTS.md"), md)?;
-    chart(&out.join("results.svg"), report)
+    Ok(())
 }
 
-/// The EXPLAIN ANALYZE comparison, as a Markdown section.
+/// The original tuning plan (`plan1`) against the service before it (`before`).
+fn plan_comparison(md: &mut String, report: &Report) -> Result<()> {
+    writeln!(md, "## Does the tuning plan deliver 2-3x QPS?\n")?;
+    writeln!(
+        md,
+        "| scenario | before req/s | plan1 req/s | plan1 / before | tuned / plan1 |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: |")?;
+    let mut ratios = Vec::new();
+    for scenario in &report.scenarios {
+        if let (Some(before), Some(plan1)) = (
+            service(report, "before", scenario),
+            service(report, "plan1", scenario),
+        ) {
+            let tuned = service(report, "tuned", scenario)
+                .map(|t| format!("{:.2}x", t.rps / plan1.rps))
+                .unwrap_or_default();
+            let ratio = plan1.rps / before.rps;
+            ratios.push(ratio);
+            writeln!(
+                md,
+                "| {scenario} | {:.0} | {:.0} | {ratio:.2}x | {tuned} |",
+                before.rps, plan1.rps
+            )?;
+        }
+    }
+    let geomean = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64).exp();
+    writeln!(
+        md,
+        "\nGeometric mean of plan1 / before over the scenarios: **{geomean:.2}x**.\n"
+    )?;
+    Ok(())
+}
+
+/// Get by id and the mix at each pool size.
+fn pool_sweep(md: &mut String, report: &Report) -> Result<()> {
+    writeln!(
+        md,
+        "## Pool size sweep ({} connections, tuned settings)\n",
+        report.connections
+    )?;
+    writeln!(
+        md,
+        "| pool size | get by id req/s | get by id p99 ms | mix req/s | mix p99 ms |"
+    )?;
+    writeln!(md, "| ---: | ---: | ---: | ---: | ---: |")?;
+    let sizes: std::collections::BTreeSet<u32> =
+        report.sweep.keys().map(|(size, _)| *size).collect();
+    for size in sizes {
+        let cell = |scenario: &str| {
+            report
+                .sweep
+                .get(&(size, scenario.to_owned()))
+                .map(|s| summarize(s))
+                .map_or(("-".into(), "-".into()), |s| {
+                    (format!("{:.0}", s.rps), format!("{:.2}", s.p99))
+                })
+        };
+        let (get_rps, get_p99) = cell("get by id");
+        let (mix_rps, mix_p99) = cell("mix 80/20");
+        writeln!(
+            md,
+            "| {size} | {get_rps} | {get_p99} | {mix_rps} | {mix_p99} |"
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// The performance targets, measured on the shipped defaults (`tuned`).
+fn targets(md: &mut String, report: &Report) -> Result<()> {
+    writeln!(md, "## Targets (configuration `tuned`)\n")?;
+    writeln!(md, "| target | measured | met |")?;
+    writeln!(md, "| --- | ---: | :---: |")?;
+    let ratio = |scenario: &str| {
+        service(report, "tuned", scenario).map(|s| s.rps / pgbench_rps(report, scenario))
+    };
+    let mut target =
+        |what: &str, value: Option<f64>, unit: &str, ok: &dyn Fn(f64) -> bool| -> Result<()> {
+            match value {
+                Some(v) => writeln!(
+                    md,
+                    "| {what} | {v:.2}{unit} | {} |",
+                    if ok(v) { "yes" } else { "no" }
+                )?,
+                None => writeln!(md, "| {what} | not measured | |")?,
+            }
+            Ok(())
+        };
+    target("get by id >= 0.6x pgbench", ratio("get by id"), "x", &|v| {
+        v >= 0.6
+    })?;
+    target(
+        "lookup by email >= 0.5x pgbench",
+        ratio("lookup by email"),
+        "x",
+        &|v| v >= 0.5,
+    )?;
+    target(
+        "name prefix >= 0.5x pgbench",
+        ratio("name prefix"),
+        "x",
+        &|v| v >= 0.5,
+    )?;
+    target("create >= 0.5x pgbench", ratio("create"), "x", &|v| {
+        v >= 0.5
+    })?;
+    let deep =
+        service(report, "tuned", "list deep page").zip(service(report, "tuned", "list first page"));
+    target(
+        "deep-page p99 <= 1.5x first-page p99",
+        deep.map(|(d, f)| d.p99 / f.p99),
+        "x",
+        &|v| v <= 1.5,
+    )?;
+    let max_rss = report
+        .scenarios
+        .iter()
+        .filter_map(|s| service(report, "tuned", s))
+        .map(|s| s.rss)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    target("RSS under load < 64 MiB", max_rss, " MiB", &|v| v < 64.0)?;
+    target(
+        "get by id p99 < 10 ms",
+        service(report, "tuned", "get by id").map(|s| s.p99),
+        " ms",
+        &|v| v < 10.0,
+    )?;
+    writeln!(md)?;
+    Ok(())
+}
+
 pub fn explain_table(timings: &[crate::explain::Timing]) -> String {
     let mut md = String::from(
         "## Query times with and without the indexes (EXPLAIN ANALYZE, best of three)\n\n",
