@@ -7,6 +7,7 @@
 //! 503 and /health/live 200. Once it is back: success again within 5 s, and every user
 //! acknowledged with 201 is in the database.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

@@ -1,9 +1,7 @@
 //! The pool gauges are read at scrape time, not only every `DB_POOL_METRICS_INTERVAL_SECS`.
 //! (Its own test binary: the gauges are process-wide.)
 
-mod common;
-
-use common::{Backend, TestDb, test_config};
+use crate::common::{Backend, TestDb, test_config};
 use sea_orm::TransactionTrait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -1,8 +1,6 @@
 //! Races: the database, not a pre-check, decides; and no acknowledged update is lost.
 
-mod common;
-
-use common::{Backend, TestApp, assert_problem, body};
+use crate::common::{Backend, TestApp, assert_problem, body};
 use futures::future::join_all;
 use poem::http::StatusCode;
 use serde_json::json;

@@ -1,11 +1,9 @@
 //! When the database cannot answer in time, callers get 503 `database_unavailable` with
 //! `Retry-After`, never a 500 or a hang; and the service recovers by itself.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, admin_connection, assert_problem};
+use crate::common::{Backend, TestApp, admin_connection, assert_problem};
 use sea_orm::sqlx::{self, Connection, Executor};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 

@@ -1,8 +1,6 @@
 //! The HTTP contract (docs/api.md), on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::{Backend, TestApp, assert_problem, body};
+use crate::common::{Backend, TestApp, assert_problem, body};
 use poem::http::StatusCode;
 use serde_json::{Value, json};
 

@@ -3,11 +3,9 @@
 //! bytes, for one, are fine in SQLite and fatal in PostgreSQL). Nothing panics, nothing is a 5xx,
 //! and every rejection is problem+json.
 
-mod common;
-
+use crate::common::{Backend, TestApp, percent_encode};
 use api::users::cursor::Cursor;
 use api::users::etag::{EntityTags, if_match, none_match};
-use common::{Backend, TestApp, percent_encode};
 use proptest::prelude::*;
 use serde_json::Value;
 

@@ -1,8 +1,6 @@
 //! What each migration guarantees on its own.
 
-mod common;
-
-use common::{Backend, TestDb};
+use crate::common::{Backend, TestDb};
 use migration::{MigratorTrait, MigratorWithoutIndexes};
 use sea_orm::{ConnectionTrait, Database};
 

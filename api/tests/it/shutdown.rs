@@ -1,8 +1,6 @@
 //! Graceful shutdown: stop accepting, finish what is in flight, close the pool.
 
-mod common;
-
-use common::{Backend, TestDb, admin_connection, eventually, test_config};
+use crate::common::{Backend, TestDb, admin_connection, eventually, test_config};
 use sea_orm::sqlx::{self, Connection, Executor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,8 +1,6 @@
 //! Bearer tokens, rate limiting, CORS and the security headers.
 
-mod common;
-
-use common::{Backend, TestApp, assert_problem};
+use crate::common::{Backend, TestApp, assert_problem};
 use poem::http::StatusCode;
 use serde_json::json;
 

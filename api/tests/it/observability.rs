@@ -2,15 +2,13 @@
 //! listener only, route templates rather than raw paths, no personal data in metrics or logs, and
 //! every dashboard query answered with data by a real Prometheus scraping the real service.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Backend, TestDb, eventually, free_port, percent_encode, test_config};
+use crate::common::{Backend, TestDb, eventually, free_port, percent_encode, test_config};
 use poem::test::TestClient;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,10 +1,8 @@
 //! The served OpenAPI document is the committed `openapi.json`: frontend teams regenerate
 //! clients on purpose, never by surprise. After an intended change to the API, refresh it:
-//! `UPDATE_OPENAPI=1 cargo test -p api --test openapi`, and commit the file.
+//! `UPDATE_OPENAPI=1 cargo test -p api --test it openapi`, and commit the file.
 
-mod common;
-
-use common::{Backend, TestApp, body};
+use crate::common::{Backend, TestApp, body};
 use serde_json::Value;
 
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json");
@@ -30,7 +28,7 @@ async fn served_spec_is_the_committed_one() {
     assert!(
         served == committed,
         "the API's spec differs from the committed openapi.json; if the change is intended, run \
-         `UPDATE_OPENAPI=1 cargo test -p api --test openapi` and commit openapi.json"
+         `UPDATE_OPENAPI=1 cargo test -p api --test it openapi` and commit openapi.json"
     );
 }
 

@@ -2,13 +2,11 @@
 //! (60k rows, analysed) that the planner would otherwise scan it; in the custom plan a first
 //! execution gets and in the generic plan a prepared statement settles on after five.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::{Backend, TestDb};
 use api::users::cursor::Cursor;
 use api::users::repository::{ListQuery, NewUser, Precondition, UserChanges, UserRepository};
-use common::{Backend, TestDb};
 use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder, Value};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,

@@ -1,8 +1,6 @@
 //! OTLP trace export: spans reach a collector at shutdown; without one, nothing panics and
 //! no request waits.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -11,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-use common::free_port;
+use crate::common::free_port;
 
 async fn start(otlp_endpoint: &str, dir: &std::path::Path) -> (Child, SocketAddr) {
     let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -1,0 +1,19 @@
+//! The api's integration tests, one binary: each module is one area of the contract. (The
+//! PostgreSQL restart test is a binary of its own: it stops the server every other test uses.)
+
+#[macro_use]
+mod common;
+
+mod concurrency;
+mod explain;
+mod fuzz;
+mod migrations;
+mod observability;
+mod openapi;
+mod otlp;
+mod pool_gauges;
+mod security;
+mod shutdown;
+mod startup;
+mod unavailable;
+mod users_api;
