@@ -278,9 +278,13 @@ async fn lookup_by_email_ignores_case(backend: Backend) {
         .query("email", &"nobody@example.org")
         .send()
         .await;
-    assert_problem(missing, 404, "user_not_found").await;
+    let problem = assert_problem(missing, 404, "user_not_found").await;
+    assert_eq!(problem["detail"], "no user has this email");
     let absent = app.client.get("/api/v1/users/lookup").send().await;
     assert_problem(absent, 400, "invalid_request").await;
+    let empty = app.client.get("/api/v1/users/lookup?email=").send().await;
+    let problem = assert_problem(empty, 400, "invalid_request").await;
+    assert_eq!(problem["errors"][0]["field"], "email", "{problem}");
 }
 
 async fn list_pages_newest_first_with_opaque_cursor(backend: Backend) {
