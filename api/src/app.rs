@@ -121,12 +121,15 @@ fn routes(config: &Config, db: DatabaseConnection) -> BoxEndpoint<'static> {
         .at(DOCS_PATH, docs_endpoint);
     let cors = cors(&config.cors_allowed_origins);
     // Outermost first: metrics see every final status; the guard refuses before a body is read.
-    problems::problem_errors(input::check_input(route).with(guard), Arc::new(methods))
-        .with_if(cors.is_some(), cors.unwrap_or_default())
-        .with(SecurityHeaders::new(&csp))
-        .with(observability::http::Observe::new(move |response| {
-            let operation = response.data::<OperationId>()?;
-            templates.get(operation.0).cloned()
-        }))
-        .boxed()
+    problems::problem_errors(
+        input::check_input(route, config.request_timeout).with(guard),
+        Arc::new(methods),
+    )
+    .with_if(cors.is_some(), cors.unwrap_or_default())
+    .with(SecurityHeaders::new(&csp))
+    .with(observability::http::Observe::new(move |response| {
+        let operation = response.data::<OperationId>()?;
+        templates.get(operation.0).cloned()
+    }))
+    .boxed()
 }

@@ -20,6 +20,10 @@ pub struct Config {
     pub pool: PoolConfig,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub connections: ConnectionLimits,
+    /// A request (body read included) taking longer is answered 408 (body incomplete) or 503
+    /// (handler), and its work dropped.
+    pub request_timeout: Duration,
     pub run_migrations: bool,
     pub log_format: LogFormat,
     pub otel_endpoint: Option<String>,
@@ -45,6 +49,17 @@ pub struct PoolConfig {
     pub statement_timeout: Option<Duration>,
     pub metrics_interval: Duration,
     pub slow_query: Duration,
+}
+
+/// What one client connection may hold of the public listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request head must arrive within this, else the connection is closed (slowloris).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections beyond this wait in the listen backlog.
+    pub max_connections: u32,
 }
 
 /// When the pool pings a connection before handing it out.
@@ -137,6 +152,12 @@ impl Config {
                 "127.0.0.1:9464",
                 "a socket address such as 127.0.0.1:9464",
             )?,
+            connections: ConnectionLimits {
+                header_timeout: env.secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1)?,
+                idle_timeout: env.secs("HTTP_IDLE_TIMEOUT_SECS", 60, 1)?,
+                max_connections: env.number("HTTP_MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
+            },
+            request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1)?,
             run_migrations: env.boolean("RUN_MIGRATIONS", true)?,
             log_format,
             otel_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
@@ -296,6 +317,15 @@ mod tests {
         assert_eq!(pool.slow_query, Duration::from_millis(200));
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.admin_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            config.connections,
+            ConnectionLimits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 10_000,
+            }
+        );
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert!(config.run_migrations);
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert_eq!(config.otel_endpoint, None);
@@ -321,6 +351,10 @@ mod tests {
             ("DB_SLOW_QUERY_MS", "50"),
             ("HTTP_ADDR", "0.0.0.0:80"),
             ("ADMIN_ADDR", "[::1]:9000"),
+            ("HTTP_HEADER_TIMEOUT_SECS", "5"),
+            ("HTTP_REQUEST_TIMEOUT_SECS", "15"),
+            ("HTTP_IDLE_TIMEOUT_SECS", "90"),
+            ("HTTP_MAX_CONNECTIONS", "256"),
             ("RUN_MIGRATIONS", "false"),
             ("LOG_FORMAT", "json"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
@@ -347,6 +381,15 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(config.admin_addr.to_string(), "[::1]:9000");
+        assert_eq!(
+            config.connections,
+            ConnectionLimits {
+                header_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(90),
+                max_connections: 256,
+            }
+        );
+        assert_eq!(config.request_timeout, Duration::from_secs(15));
         assert!(!config.run_migrations);
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(
@@ -387,6 +430,12 @@ mod tests {
             ("DB_SLOW_QUERY_MS", "slow"),
             ("HTTP_ADDR", "localhost"),
             ("ADMIN_ADDR", "9464"),
+            ("HTTP_HEADER_TIMEOUT_SECS", "0"),
+            ("HTTP_HEADER_TIMEOUT_SECS", "10s"),
+            ("HTTP_REQUEST_TIMEOUT_SECS", "0"),
+            ("HTTP_IDLE_TIMEOUT_SECS", "-1"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_MAX_CONNECTIONS", "lots"),
             ("RUN_MIGRATIONS", "maybe"),
             ("LOG_FORMAT", "xml"),
             ("SHUTDOWN_GRACE_SECS", "soon"),

@@ -19,4 +19,4 @@ mod server;
 pub mod users;
 
 pub use app::{App, StartupError, build, openapi_spec};
-pub use server::{Listeners, run, run_until};
+pub use server::{Listeners, raise_open_files_limit, run, run_until};

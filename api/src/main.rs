@@ -37,6 +37,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    api::raise_open_files_limit();
     let listeners = api::Listeners::bind(&config).await?;
     let app = api::build(config).await?;
     tracing::info!(

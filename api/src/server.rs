@@ -12,10 +12,12 @@ use poem::{Route, Server};
 use crate::app::{App, StartupError};
 use crate::config::Config;
 use crate::db;
+use crate::http::connections::GuardedAcceptor;
 
-/// The two bound listeners: the public API and the admin endpoints (`/metrics`).
+/// The two bound listeners: the public API (with its connection limits) and the admin
+/// endpoints (`/metrics`).
 pub struct Listeners {
-    pub public: TcpAcceptor,
+    pub public: GuardedAcceptor<TcpAcceptor>,
     pub admin: TcpAcceptor,
 }
 
@@ -23,13 +25,13 @@ impl Listeners {
     /// Binds both addresses of `config` (port 0 picks a free port, for tests).
     pub async fn bind(config: &Config) -> Result<Self, StartupError> {
         Ok(Self {
-            public: bind(config.http_addr).await?,
+            public: GuardedAcceptor::new(bind(config.http_addr).await?, config.connections),
             admin: bind(config.admin_addr).await?,
         })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
-        local_addr(&self.public)
+        local_addr(self.public.inner())
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -124,6 +126,15 @@ async fn housekeeping(metrics: Metrics, refresh_pool: impl Fn(), interval: std::
             _ = pool_tick.tick() => refresh_pool(),
             _ = upkeep_tick.tick() => metrics.run_upkeep(),
         }
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit, as Go's runtime does: every client
+/// connection is a descriptor, and the soft limit is often a small default.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
     }
 }
 

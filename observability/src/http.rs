@@ -11,6 +11,67 @@ use tracing::Instrument;
 pub const REQUESTS: &str = "http_server_requests_total";
 pub const DURATION: &str = "http_server_request_duration_seconds";
 
+pub const OPEN_CONNECTIONS: &str = "http_server_open_connections";
+pub const MAX_CONNECTIONS: &str = "http_server_max_connections";
+pub const CONNECTIONS_CLOSED: &str = "http_server_connections_closed_total";
+pub const ACCEPT_ERRORS: &str = "http_server_accept_errors_total";
+
+/// Why the service closed a client connection, as counted in
+/// `http_server_connections_closed_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No complete request head within `HTTP_HEADER_TIMEOUT_SECS`.
+    HeaderTimeout,
+    /// Idle keep-alive past `HTTP_IDLE_TIMEOUT_SECS`.
+    IdleTimeout,
+    /// The request body did not arrive within `HTTP_REQUEST_TIMEOUT_SECS` (answered 408).
+    RequestTimeout,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 3] = [
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::RequestTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::RequestTimeout => "request_timeout",
+        }
+    }
+}
+
+/// Registers the connection series at 0 (so alerts and panels read 0, not "no data") and the
+/// connection cap.
+pub fn record_max_connections(max: u32) {
+    metrics::gauge!(MAX_CONNECTIONS).set(max);
+    metrics::gauge!(OPEN_CONNECTIONS).increment(0.0);
+    metrics::counter!(ACCEPT_ERRORS).absolute(0);
+    for reason in CloseReason::ALL {
+        metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(0);
+    }
+}
+
+pub fn record_connection_opened() {
+    metrics::gauge!(OPEN_CONNECTIONS).increment(1.0);
+}
+
+pub fn record_connection_closed() {
+    metrics::gauge!(OPEN_CONNECTIONS).decrement(1.0);
+}
+
+pub fn record_close(reason: CloseReason) {
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+}
+
+/// An accept that failed for lack of descriptors or memory.
+pub fn record_accept_error() {
+    metrics::counter!(ACCEPT_ERRORS).increment(1);
+}
+
 /// The `route` label of requests that matched no route: never the raw path, whose ids and
 /// typos would make a series each.
 pub const UNMATCHED: &str = "unmatched";

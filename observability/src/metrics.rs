@@ -85,6 +85,22 @@ fn describe() {
         http::REQUESTS,
         "HTTP requests served, by method, route template and status."
     );
+    describe_gauge!(
+        http::OPEN_CONNECTIONS,
+        "Open client connections of the public listener."
+    );
+    describe_gauge!(
+        http::MAX_CONNECTIONS,
+        "Connection cap (HTTP_MAX_CONNECTIONS); more wait in the listen backlog."
+    );
+    describe_counter!(
+        http::CONNECTIONS_CLOSED,
+        "Client connections the service closed, by reason (header, idle or request timeout)."
+    );
+    describe_counter!(
+        http::ACCEPT_ERRORS,
+        "Accepts that failed for lack of file descriptors or memory (the listener backs off)."
+    );
     describe_histogram!(
         http::DURATION,
         Unit::Seconds,

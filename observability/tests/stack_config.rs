@@ -243,6 +243,10 @@ fn dashboards_query_only_exported_metrics() {
     let known = [
         "http_server_requests_total",
         "http_server_request_duration_seconds_bucket",
+        "http_server_open_connections",
+        "http_server_max_connections",
+        "http_server_connections_closed_total",
+        "http_server_accept_errors_total",
         "database_query_duration_seconds_bucket",
         "database_query_duration_seconds_count",
         "database_errors_total",

@@ -3,8 +3,9 @@
 //! response is derived from that row.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use poem::http::{HeaderValue, StatusCode, header};
@@ -32,8 +33,10 @@ pub enum ErrorCode {
     VersionMismatch,
     PayloadTooLarge,
     UnsupportedMediaType,
+    RequestTimeout,
     RateLimited,
     DatabaseUnavailable,
+    ProcessingTimeout,
     Internal,
 }
 
@@ -127,6 +130,13 @@ impl ErrorCode {
                 "the request body must be `application/json`",
                 false,
             ),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "Request timeout",
+                "the request body did not arrive within the request timeout; the connection is closed",
+                false,
+            ),
             RateLimited => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -139,6 +149,14 @@ impl ErrorCode {
                 "database_unavailable",
                 "Database unavailable",
                 "the database is slow or down; retry after `Retry-After` seconds",
+                true,
+            ),
+            ProcessingTimeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "processing_timeout",
+                "Processing timeout",
+                "the service could not answer within the request timeout; a write may or may not \
+                 have been applied: re-read before retrying after `Retry-After` seconds",
                 true,
             ),
             Internal => (
@@ -349,6 +367,7 @@ pub trait ErrorSet: Send + Sync + 'static {
         ErrorCode::RateLimited,
         ErrorCode::Internal,
         ErrorCode::DatabaseUnavailable,
+        ErrorCode::ProcessingTimeout,
     ];
 }
 
@@ -382,33 +401,33 @@ impl<S: ErrorSet> IntoResponse for Errors<S> {
 
 impl<S: ErrorSet> ApiResponse for Errors<S> {
     fn meta() -> MetaResponses {
-        let mut rows: Vec<Row> = S::CODES
-            .iter()
-            .chain(S::COMMON)
-            .map(|code| code.row())
-            .collect();
-        rows.sort_by_key(|row| row.status);
-        let responses = rows
-            .iter()
-            .map(|row| MetaResponse {
-                description: description(row),
-                status: Some(row.status.as_u16()),
-                status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: PROBLEM_JSON,
-                    schema: Problem::schema_ref(),
-                }],
-                headers: if row.retry {
-                    vec![MetaHeader {
-                        name: "Retry-After".to_owned(),
-                        description: Some("Seconds to wait before retrying.".to_owned()),
-                        required: true,
-                        deprecated: false,
-                        schema: u64::schema_ref(),
-                    }]
-                } else {
-                    Vec::new()
-                },
+        let mut codes: Vec<ErrorCode> = S::CODES.iter().chain(S::COMMON).copied().collect();
+        codes.sort_by_key(|code| code.row().status);
+        // Codes that share a status share its response.
+        let responses = codes
+            .chunk_by(|a, b| a.row().status == b.row().status)
+            .map(|same_status| {
+                let row = same_status[0].row();
+                MetaResponse {
+                    description: description(same_status),
+                    status: Some(row.status.as_u16()),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: PROBLEM_JSON,
+                        schema: Problem::schema_ref(),
+                    }],
+                    headers: if same_status.iter().any(|code| code.row().retry) {
+                        vec![MetaHeader {
+                            name: "Retry-After".to_owned(),
+                            description: Some("Seconds to wait before retrying.".to_owned()),
+                            required: true,
+                            deprecated: false,
+                            schema: u64::schema_ref(),
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                }
             })
             .collect();
         MetaResponses { responses }
@@ -419,21 +438,23 @@ impl<S: ErrorSet> ApiResponse for Errors<S> {
     }
 }
 
-/// "`code`: meaning.", built once per row: the spec wants `&'static str`.
-fn description(row: &Row) -> &'static str {
-    static DESCRIPTIONS: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
-        ErrorCode::all()
+/// "`code`: meaning." for each code of one status, built once per set of codes: the spec
+/// wants `&'static str`, and there are only a few such sets.
+fn description(codes: &[ErrorCode]) -> &'static str {
+    static DESCRIPTIONS: LazyLock<Mutex<HashMap<Vec<&'static str>, &'static str>>> =
+        LazyLock::new(Default::default);
+    let key: Vec<&'static str> = codes.iter().map(|code| code.row().code).collect();
+    let mut descriptions = DESCRIPTIONS.lock().expect("not poisoned");
+    descriptions.entry(key).or_insert_with(|| {
+        let text: Vec<String> = codes
+            .iter()
             .map(|code| {
                 let row = code.row();
-                (row.code, format!("`{}`: {}.", row.code, row.meaning))
+                format!("`{}`: {}.", row.code, row.meaning)
             })
-            .collect()
-    });
-    DESCRIPTIONS
-        .iter()
-        .find(|(code, _)| *code == row.code)
-        .map(|(_, text)| text.as_str())
-        .expect("every code has a description")
+            .collect();
+        Box::leak(text.join(" ").into_boxed_str())
+    })
 }
 
 /// Declares an [`ErrorSet`]: the codes an operation may answer with beyond the common ones.

@@ -3,9 +3,13 @@
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
+use std::time::Duration;
+
+use observability::http::{CloseReason, record_close};
+use tokio::time::Instant;
 
 use poem::error::ReadBodyError;
-use poem::http::{Method, header};
+use poem::http::{HeaderValue, Method, header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{
@@ -18,9 +22,15 @@ use super::error::{ApiError, ErrorCode};
 
 /// Refuses bodies over [`BODY_LIMIT`] with 413, whether or not they declare a `Content-Length`
 /// (poem's `SizeLimit` refuses requests without one, even bodiless GETs), and conditional
-/// headers that are not text.
-pub fn check_input<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output = Response> {
-    endpoint.around(|endpoint, mut request: Request| async move {
+/// headers that are not text. Bounds the whole request by `request_timeout`: a body still
+/// incomplete then is a 408 and the connection is closed (the handler never sees it); a handler
+/// still running then is a 503 and its work is dropped.
+pub fn check_input<E: Endpoint + 'static>(
+    endpoint: E,
+    request_timeout: Duration,
+) -> impl Endpoint<Output = Response> {
+    endpoint.around(move |endpoint, mut request: Request| async move {
+        let deadline = Instant::now() + request_timeout;
         // poem-openapi reads a header that is not visible ASCII as absent; a conditional
         // header the client did send must not silently stop applying.
         for name in [header::IF_MATCH, header::IF_NONE_MATCH] {
@@ -44,20 +54,38 @@ pub fn check_input<E: Endpoint + 'static>(endpoint: E) -> impl Endpoint<Output =
             if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
                 return Err(ApiError::from(ErrorCode::PayloadTooLarge).into());
             }
-            let body = request
-                .take_body()
-                .into_bytes_limit(BODY_LIMIT)
-                .await
-                .map_err(|error| match error {
+            let read = request.take_body().into_bytes_limit(BODY_LIMIT);
+            let body = match tokio::time::timeout_at(deadline, read).await {
+                Ok(body) => body.map_err(|error| match error {
                     ReadBodyError::PayloadTooLarge => {
                         ApiError::from(ErrorCode::PayloadTooLarge).into()
                     }
                     other => poem::Error::from(other),
-                })?;
+                })?,
+                Err(_) => return Ok(body_timed_out()),
+            };
             request.set_body(body);
         }
-        Ok(endpoint.call(request).await?.into_response())
+        match tokio::time::timeout_at(deadline, endpoint.call(request)).await {
+            Ok(response) => Ok(response?.into_response()),
+            // What the handler had sent to the database either commits or not; the client is
+            // told 503, as when a connection is lost (docs/api.md).
+            Err(_) => Err(ApiError::retry_after(ErrorCode::ProcessingTimeout, RETRY_AFTER).into()),
+        }
     })
+}
+
+/// How long a client should wait after a request timed out in the handler.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// 408, and the connection closed: what is left of the body would be read as the next request.
+fn body_timed_out() -> Response {
+    record_close(CloseReason::RequestTimeout);
+    let mut response = ApiError::from(ErrorCode::RequestTimeout).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A rule for a text input: its limits and pattern, written once. The spec's schema and the

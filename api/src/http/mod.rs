@@ -2,6 +2,7 @@
 //! and rate limit, security headers and CORS, and the spec with Swagger UI.
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod headers;
 pub mod input;

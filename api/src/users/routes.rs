@@ -17,10 +17,10 @@ use crate::http::error::{ApiError, ErrorCode, Errors, error_set};
 
 const DEFAULT_LIMIT: u32 = 50;
 
-error_set!(CreateErrors: InvalidRequest, EmailTaken, PayloadTooLarge, UnsupportedMediaType);
+error_set!(CreateErrors: InvalidRequest, RequestTimeout, EmailTaken, PayloadTooLarge, UnsupportedMediaType);
 error_set!(ReadErrors: InvalidRequest, UserNotFound);
 error_set!(ListErrors: InvalidRequest);
-error_set!(UpdateErrors: InvalidRequest, UserNotFound, EmailTaken, VersionMismatch, PayloadTooLarge, UnsupportedMediaType);
+error_set!(UpdateErrors: InvalidRequest, UserNotFound, RequestTimeout, EmailTaken, VersionMismatch, PayloadTooLarge, UnsupportedMediaType);
 error_set!(DeleteErrors: InvalidRequest, UserNotFound, VersionMismatch);
 
 #[derive(Tags)]

@@ -7,6 +7,7 @@ mod common;
 mod concurrency;
 mod explain;
 mod fuzz;
+mod hostile;
 mod migrations;
 mod observability;
 mod openapi;

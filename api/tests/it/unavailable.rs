@@ -115,3 +115,35 @@ async fn connections_killed_by_the_server_are_replaced() {
     );
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_past_the_request_timeout_answers_503_and_its_work_is_dropped() {
+    let app = TestApp::with(
+        Backend::Postgres,
+        &[
+            ("HTTP_REQUEST_TIMEOUT_SECS", "1"),
+            ("DB_STATEMENT_TIMEOUT_MS", "30000"),
+        ],
+    )
+    .await;
+    let user = app.create_ok("slow@example.com", "Slow").await;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+
+    let mut locker = sqlx::PgConnection::connect(app.db.url()).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = app.client.get(&path).send().await;
+    let waited = started.elapsed();
+    assert!(response.0.headers().contains_key("retry-after"));
+    assert_problem(response, 503, "processing_timeout").await;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered at the request timeout, not the statement's: {waited:?}"
+    );
+    locker.execute("ROLLBACK").await.unwrap();
+    app.client.get(&path).send().await.assert_status_is_ok();
+}
