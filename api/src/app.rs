@@ -11,7 +11,7 @@ use poem_openapi::{OpenApiService, OperationId};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::config::Config;
-use crate::db::{self, Operation};
+use crate::db::{self, Database, Operation};
 use crate::health::HealthApi;
 use crate::http::auth::{Guard, Tokens};
 use crate::http::headers::{SecurityHeaders, cors};
@@ -24,7 +24,7 @@ use crate::users::routes::UsersApi;
 /// A built service: connected, migrated, ready to serve.
 pub struct App {
     pub(crate) config: Config,
-    pub(crate) db: DatabaseConnection,
+    pub(crate) db: Database,
     pub(crate) metrics: Metrics,
     public: Arc<BoxEndpoint<'static>>,
 }
@@ -40,9 +40,11 @@ pub enum StartupError {
 }
 
 pub async fn build(config: Config) -> Result<App, StartupError> {
-    let db = db::connect(&config).await.map_err(StartupError::Connect)?;
+    let db = Database::connect(&config)
+        .await
+        .map_err(StartupError::Connect)?;
     if config.run_migrations {
-        db::migrate(&db).await.map_err(StartupError::Migrate)?;
+        db::migrate(&db.orm).await.map_err(StartupError::Migrate)?;
     }
     let metrics = Metrics::install();
     Operation::register_all();
@@ -61,16 +63,14 @@ impl App {
         Arc::clone(&self.public)
     }
 
+    /// SeaORM's connection: the data path on SQLite, the migrations' on PostgreSQL.
     pub fn db(&self) -> &DatabaseConnection {
-        &self.db
+        &self.db.orm
     }
 }
 
-fn api_service(
-    config: &Config,
-    db: DatabaseConnection,
-) -> OpenApiService<(UsersApi, HealthApi), ()> {
-    let users = UsersApi::new(UserRepository::new(db.clone()), config.pool.acquire_timeout);
+fn api_service(config: &Config, db: Database) -> OpenApiService<(UsersApi, HealthApi), ()> {
+    let users = UsersApi::new(UserRepository::new(&db), config.pool.acquire_timeout);
     OpenApiService::new(
         (users, HealthApi::new(db)),
         "user-service",
@@ -84,13 +84,13 @@ fn api_service(
 pub fn openapi_spec() -> String {
     let config = Config::from_lookup(|_| None).expect("the defaults are valid");
     Spec::new(
-        &api_service(&config, DatabaseConnection::default()),
+        &api_service(&config, Database::disconnected()),
         Auth::Required,
     )
     .text
 }
 
-fn routes(config: &Config, db: DatabaseConnection) -> BoxEndpoint<'static> {
+fn routes(config: &Config, db: Database) -> BoxEndpoint<'static> {
     let tokens = Tokens::new(&config.api_tokens, &config.api_read_tokens);
     let auth = if tokens.is_empty() {
         tracing::warn!(

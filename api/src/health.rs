@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
-use sea_orm::DatabaseConnection;
 
+use crate::db::Database;
 use crate::http::error::{ApiError, ErrorCode, ErrorSet, Errors};
 
 /// How long readiness waits for the database.
@@ -44,11 +44,11 @@ fn ok() -> Healthy {
 }
 
 pub struct HealthApi {
-    db: DatabaseConnection,
+    db: Database,
 }
 
 impl HealthApi {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: Database) -> Self {
         Self { db }
     }
 }

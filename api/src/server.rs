@@ -11,7 +11,7 @@ use poem::{Route, Server};
 
 use crate::app::{App, StartupError};
 use crate::config::Config;
-use crate::db;
+use crate::db::Database;
 use crate::http::connections::GuardedAcceptor;
 
 /// The two bound listeners: the public API (with its connection limits) and the admin
@@ -75,12 +75,12 @@ pub async fn run_until(
     } = app;
     let refresh_pool = {
         let db = db.clone();
-        let pool = config.pool.clone();
-        move || observability::db::record_pool(db::pool_state(&db, &pool))
+        move || observability::db::record_pool(db.pool_state())
     };
     refresh_pool();
     let background = tokio::spawn(housekeeping(
         metrics.clone(),
+        db.clone(),
         refresh_pool.clone(),
         config.pool.metrics_interval,
     ));
@@ -117,13 +117,22 @@ pub async fn run_until(
     served
 }
 
-/// Refreshes the pool gauges every `interval` and runs the recorder's upkeep.
-async fn housekeeping(metrics: Metrics, refresh_pool: impl Fn(), interval: std::time::Duration) {
+/// Every `interval`: recycles old and idle database connections and refreshes the pool
+/// gauges; runs the recorder's upkeep.
+async fn housekeeping(
+    metrics: Metrics,
+    db: Database,
+    refresh_pool: impl Fn(),
+    interval: std::time::Duration,
+) {
     let mut pool_tick = tokio::time::interval(interval);
     let mut upkeep_tick = tokio::time::interval(observability::metrics::UPKEEP_INTERVAL);
     loop {
         tokio::select! {
-            _ = pool_tick.tick() => refresh_pool(),
+            _ = pool_tick.tick() => {
+                db.housekeeping().await;
+                refresh_pool();
+            }
             _ = upkeep_tick.tick() => metrics.run_upkeep(),
         }
     }

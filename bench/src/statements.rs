@@ -50,16 +50,14 @@ pub fn insert(user: &users::Model) -> Statement {
     statements::insert(user).build(DbBackend::Postgres)
 }
 
-/// The rename the update scenario sends, with the `RETURNING` of the repository's
-/// `exec_with_returning`.
+/// The rename the update scenario sends.
 pub fn rename(id: Uuid, name: &str, at: DateTime<Utc>) -> Statement {
     let changes = UserChanges {
         email: None,
         name: Some(name.to_owned()),
     };
-    let mut update = statements::update(id, changes, None, at).into_query();
-    update.returning_all();
-    let (sql, values) = update.build(PostgresQueryBuilder);
+    let (sql, values) =
+        statements::update_returning(id, changes, None, at).build(PostgresQueryBuilder);
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 

@@ -3,25 +3,109 @@
 
 mod observe;
 mod operation;
+pub mod postgres;
 
-pub use observe::{ErrorKind, observe, record_not_found};
+pub use observe::{ErrorKind, Failure, observe, record_not_found};
 pub use operation::Operation;
+pub use postgres::Pipelines;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use migration::{Migrator, MigratorTrait};
 use observability::db::PoolState;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{ConnectOptions, DatabaseConnection, DbBackend, DbErr};
 
 use crate::config::{Config, HealthCheck, PoolConfig};
 
-pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
+/// The service's database: SeaORM's connection (SQLite's data path; on PostgreSQL, the
+/// migrations) and, on PostgreSQL, the pipelined connections every statement runs on.
+#[derive(Clone)]
+pub struct Database {
+    pub orm: DatabaseConnection,
+    pub pg: Option<Arc<Pipelines>>,
+    pool: PoolConfig,
+}
+
+impl Database {
+    pub async fn connect(config: &Config) -> Result<Self, DbErr> {
+        if config.is_sqlite() {
+            return Ok(Self {
+                orm: connect(config, &config.pool).await?,
+                pg: None,
+                pool: config.pool.clone(),
+            });
+        }
+        // SeaORM's pool only migrates here: one connection, opened when needed.
+        let migrations = PoolConfig {
+            max_connections: 1,
+            min_connections: 0,
+            ..config.pool.clone()
+        };
+        let orm = connect(config, &migrations).await?;
+        let pg = Pipelines::connect(&config.database_url, &config.pool)
+            .await
+            .map_err(|error| DbErr::Custom(format!("cannot connect to PostgreSQL: {error}")))?;
+        let slow = config.pool.slow_query;
+        pg.set_metric_callback(move |info| log_if_slow(info.sql, info.elapsed, info.failed, slow));
+        Ok(Self {
+            orm,
+            pg: Some(Arc::new(pg)),
+            pool: config.pool.clone(),
+        })
+    }
+
+    /// No database: for building the spec alone.
+    pub fn disconnected() -> Self {
+        Self {
+            orm: DatabaseConnection::default(),
+            pg: None,
+            pool: Config::from_lookup(|_| None)
+                .expect("the defaults are valid")
+                .pool,
+        }
+    }
+
+    /// The pool gauges' reading now.
+    pub fn pool_state(&self) -> PoolState {
+        match &self.pg {
+            Some(pg) => pg.state(),
+            None => pool_state(&self.orm, &self.pool),
+        }
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        match &self.pg {
+            Some(pg) => pg
+                .ping()
+                .await
+                .map_err(|error| DbErr::Custom(error.to_string())),
+            None => self.orm.ping().await,
+        }
+    }
+
+    /// Recycles old and idle connections (PostgreSQL), on the pool-metrics interval.
+    pub async fn housekeeping(&self) {
+        if let Some(pg) = &self.pg {
+            pg.housekeeping().await;
+        }
+    }
+
+    pub async fn close(&self) -> Result<(), DbErr> {
+        if let Some(pg) = &self.pg {
+            pg.close();
+        }
+        self.orm.clone().close().await
+    }
+}
+
+async fn connect(config: &Config, pool: &PoolConfig) -> Result<DatabaseConnection, DbErr> {
     if config.is_sqlite() {
         create_sqlite_directory(&config.database_url).map_err(|error| {
             DbErr::Custom(format!("cannot create the SQLite directory: {error}"))
         })?;
     }
-    let pool = &config.pool;
     let mut options = ConnectOptions::new(&config.database_url);
     options
         .max_connections(pool.max_connections)
@@ -50,27 +134,33 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
                 .busy_timeout(busy_timeout)
         });
     }
-    let mut db = Database::connect(options).await?;
+    let mut db = sea_orm::Database::connect(options).await?;
     let slow = pool.slow_query;
     db.set_metric_callback(move |info| {
-        if info.elapsed >= slow {
-            tracing::warn!(
-                sql = %info.statement.sql,
-                elapsed_ms = info.elapsed.as_millis() as u64,
-                failed = info.failed,
-                "slow statement"
-            );
-        }
+        log_if_slow(&info.statement.sql, info.elapsed, info.failed, slow)
     });
     Ok(db)
+}
+
+/// The slow-statement log: the SQL text, never its parameters (they may carry an email or a
+/// name).
+fn log_if_slow(sql: &str, elapsed: std::time::Duration, failed: bool, slow: std::time::Duration) {
+    if elapsed >= slow {
+        tracing::warn!(
+            sql,
+            elapsed_ms = elapsed.as_millis() as u64,
+            failed,
+            "slow statement"
+        );
+    }
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
 }
 
-/// The pool's current size, for the pool gauges.
-pub fn pool_state(db: &DatabaseConnection, config: &PoolConfig) -> PoolState {
+/// SeaORM's pool's current size, for the pool gauges.
+fn pool_state(db: &DatabaseConnection, config: &PoolConfig) -> PoolState {
     let (size, idle) = match db.get_database_backend() {
         DbBackend::Postgres => {
             let pool = db.get_postgres_connection_pool();

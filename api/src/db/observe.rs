@@ -12,10 +12,44 @@ use tracing::Instrument;
 
 use super::Operation;
 
+/// A driver's failure, as far as the metrics and the logs need it.
+pub trait Failure: std::fmt::Display {
+    fn kind(&self) -> ErrorKind;
+    /// The server's SQLSTATE, when the server refused the statement.
+    fn sqlstate(&self) -> Option<String>;
+}
+
+impl Failure for DbErr {
+    fn kind(&self) -> ErrorKind {
+        classify(self)
+    }
+
+    fn sqlstate(&self) -> Option<String> {
+        match self {
+            DbErr::Exec(RuntimeErr::SqlxError(error))
+            | DbErr::Query(RuntimeErr::SqlxError(error)) => match error.as_ref() {
+                sqlx::Error::Database(error) => error.code().map(|code| code.into_owned()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+impl Failure for super::postgres::PgError {
+    fn kind(&self) -> ErrorKind {
+        super::postgres::PgError::kind(self)
+    }
+
+    fn sqlstate(&self) -> Option<String> {
+        super::postgres::PgError::sqlstate(self).map(str::to_owned)
+    }
+}
+
 /// Runs one database call inside a span, times it, and classifies its failure.
-pub async fn observe<T>(
+pub async fn observe<T, E: Failure>(
     operation: Operation,
-    call: impl Future<Output = Result<T, DbErr>>,
+    call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ErrorKind> {
     let name = operation.as_str();
     let span = tracing::info_span!("db.query", db.operation = name);
@@ -28,7 +62,7 @@ pub async fn observe<T>(
             Ok(value)
         }
         Err(error) => {
-            let kind = classify(&error);
+            let kind = error.kind();
             record_query(name, elapsed, Some(kind));
             log_failure(name, kind, &error, elapsed);
             Err(kind)
@@ -82,16 +116,8 @@ fn classify_sqlx(error: &sqlx::Error) -> ErrorKind {
 
 /// Logs a failed call without its SQL parameters or the server's detail text, either of which
 /// can carry an email address or a name.
-fn log_failure(operation: &'static str, kind: ErrorKind, error: &DbErr, elapsed: Duration) {
-    let sqlstate = match error {
-        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
-            match error.as_ref() {
-                sqlx::Error::Database(error) => error.code().map(|code| code.into_owned()),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
+fn log_failure(operation: &'static str, kind: ErrorKind, error: &impl Failure, elapsed: Duration) {
+    let sqlstate = error.sqlstate();
     let elapsed_ms = elapsed.as_millis() as u64;
     match kind {
         ErrorKind::UniqueViolation | ErrorKind::NotFound => {

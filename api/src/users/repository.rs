@@ -6,17 +6,19 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::users::{self, Column, Entity as Users};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Value};
-use sea_orm::sqlx::Row;
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbBackend, DbErr, DeleteMany, EntityTrait, Insert,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Select, Statement, UpdateMany,
-    sqlx,
+use sea_orm::sea_query::{
+    Expr, ExprTrait, Func, PostgresQueryBuilder, Query, UpdateStatement, Value,
 };
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbBackend, DeleteMany, EntityTrait, IdenStatic, Insert,
+    Iterable, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
+};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::cursor::{Cursor, Order};
-use crate::db::{ErrorKind, Operation, observe, record_not_found};
+use crate::db::postgres::PgError;
+use crate::db::{Database, ErrorKind, Operation, Pipelines, observe, record_not_found};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -209,6 +211,18 @@ pub mod statements {
         update
     }
 
+    /// [`update`] returning the updated row, as SeaORM's `exec_with_returning` runs it.
+    pub fn update_returning(
+        id: Uuid,
+        changes: UserChanges,
+        versions: Option<Vec<i64>>,
+        now: DateTime<Utc>,
+    ) -> UpdateStatement {
+        let mut statement = update(id, changes, versions, now).into_query();
+        statement.returning(Query::returning().columns(Column::iter()));
+        statement
+    }
+
     pub fn delete(id: Uuid, versions: Option<Vec<i64>>) -> DeleteMany<Users> {
         let mut delete = Users::delete_many().filter(Column::Id.eq(id));
         if let Some(versions) = versions {
@@ -218,18 +232,27 @@ pub mod statements {
     }
 }
 
+/// The statements' execution: on PostgreSQL over the pipelined connections (prepared, but for
+/// name searches), on SQLite through SeaORM.
 #[derive(Clone)]
 pub struct UserRepository {
-    db: DatabaseConnection,
+    orm: DatabaseConnection,
+    pg: Option<Arc<Pipelines>>,
 }
 
 impl UserRepository {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: &Database) -> Self {
+        Self {
+            orm: db.orm.clone(),
+            pg: db.pg.clone(),
+        }
     }
 
     fn backend(&self) -> DbBackend {
-        self.db.get_database_backend()
+        match self.pg {
+            Some(_) => DbBackend::Postgres,
+            None => self.orm.get_database_backend(),
+        }
     }
 
     pub async fn create(&self, new: NewUser) -> Result<users::Model, RepoError> {
@@ -243,33 +266,56 @@ impl UserRepository {
             version: 1,
         };
         // Duplicates are caught by the unique index, never by a racy SELECT beforehand.
-        observe(
-            Operation::CreateUser,
-            statements::insert(&user).exec_without_returning(&self.db),
-        )
-        .await?;
+        let insert = statements::insert(&user);
+        let operation = Operation::CreateUser;
+        match &self.pg {
+            Some(pg) => {
+                let statement = insert.build(DbBackend::Postgres);
+                observe(operation, pg.execute(&statement.sql, values(&statement))).await?;
+            }
+            None => {
+                observe(operation, insert.exec_without_returning(&self.orm)).await?;
+            }
+        }
         Ok(user)
     }
 
     pub async fn find_by_id(&self, id: Uuid) -> Result<users::Model, RepoError> {
         let operation = Operation::FindUserById;
-        let found = observe(operation, statements::find_by_id(id).one(&self.db)).await?;
-        found.ok_or_else(|| record_not_found(operation).into())
+        let found = self.select(operation, statements::find_by_id(id)).await?;
+        found
+            .into_iter()
+            .next()
+            .ok_or_else(|| record_not_found(operation).into())
     }
 
     pub async fn find_by_email(&self, email: &str) -> Result<users::Model, RepoError> {
         let operation = Operation::FindUserByEmail;
-        let found = observe(operation, statements::find_by_email(email).one(&self.db)).await?;
-        found.ok_or_else(|| record_not_found(operation).into())
+        let found = self
+            .select(operation, statements::find_by_email(email))
+            .await?;
+        found
+            .into_iter()
+            .next()
+            .ok_or_else(|| record_not_found(operation).into())
     }
 
     pub async fn list(&self, query: ListQuery) -> Result<Page, RepoError> {
         let select = statements::list(self.backend(), &query);
-        let rows = if query.name_prefix.is_some() && self.backend() == DbBackend::Postgres {
-            let statement = select.build(DbBackend::Postgres);
-            observe(query.operation(), self.fetch_unprepared(statement)).await?
-        } else {
-            observe(query.operation(), select.all(&self.db)).await?
+        let rows = match &self.pg {
+            // Name searches run unnamed, planned with their parameters every time. A prepared
+            // statement would settle, after five executions, on a generic plan that cannot see
+            // how common a prefix is: one plan walks the `(created_at, id)` index filtering
+            // names (fast for `ali`, a whole-index walk for a rare prefix), the other reads the
+            // prefix index and sorts (fast for a rare prefix, tens of thousands of rows for
+            // `ali`). Planning per call costs a fraction of a millisecond and picks the right
+            // one each time.
+            Some(pg) if query.name_prefix.is_some() => {
+                let statement = select.build(DbBackend::Postgres);
+                let rows = pg.query_unprepared(&statement.sql, values(&statement));
+                observe(query.operation(), async { users_of(rows.await?) }).await?
+            }
+            _ => self.select(query.operation(), select).await?,
         };
         Ok(paginate(rows, &query))
     }
@@ -279,42 +325,20 @@ impl UserRepository {
         statements::list(self.backend(), query).build(self.backend())
     }
 
-    /// Runs a name search as an unnamed statement, which PostgreSQL plans anew with its
-    /// parameters every time. A prepared statement would settle, after five executions, on a
-    /// generic plan that cannot see how common a prefix is: one plan walks the
-    /// `(created_at, id)` index filtering names (fast for `ali`, a whole-index walk for a rare
-    /// prefix), the other reads the prefix index and sorts (fast for a rare prefix, tens of
-    /// thousands of rows for `ali`). Planning per call costs a fraction of a millisecond and
-    /// picks the right one each time. SeaORM always prepares, hence sqlx here.
-    async fn fetch_unprepared(&self, statement: Statement) -> Result<Vec<users::Model>, DbErr> {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.sql)).persistent(false);
-        for value in statement.values.map(|values| values.0).unwrap_or_default() {
-            query = match value {
-                Value::String(Some(text)) => query.bind(text),
-                Value::ChronoDateTimeUtc(Some(at)) => query.bind(at),
-                Value::Uuid(Some(id)) => query.bind(id),
-                Value::BigUnsigned(Some(n)) => query.bind(i64::try_from(n).unwrap_or(i64::MAX)),
-                Value::BigInt(Some(n)) => query.bind(n),
-                other => return Err(DbErr::Custom(format!("no binding for {other:?}"))),
-            };
+    /// Runs a SELECT of users.
+    async fn select(
+        &self,
+        operation: Operation,
+        select: Select<Users>,
+    ) -> Result<Vec<users::Model>, ErrorKind> {
+        match &self.pg {
+            Some(pg) => {
+                let statement = select.build(DbBackend::Postgres);
+                let rows = pg.query(&statement.sql, values(&statement));
+                observe(operation, async { users_of(rows.await?) }).await
+            }
+            None => observe(operation, select.all(&self.orm)).await,
         }
-        let rows = query
-            .fetch_all(self.db.get_postgres_connection_pool())
-            .await
-            .map_err(|error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))?;
-        rows.iter()
-            .map(|row| {
-                Ok(users::Model {
-                    id: row.try_get("id")?,
-                    email: row.try_get("email")?,
-                    name: row.try_get("name")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                    version: row.try_get("version")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
     }
 
     pub async fn update(
@@ -338,8 +362,19 @@ impl UserRepository {
             }
             Precondition::OneOf(versions) => Some(versions),
         };
-        let update = statements::update(id, changes, versions, now());
-        let updated = observe(Operation::UpdateUser, update.exec_with_returning(&self.db)).await?;
+        let operation = Operation::UpdateUser;
+        let updated = match &self.pg {
+            Some(pg) => {
+                let statement = statements::update_returning(id, changes, versions, now())
+                    .build(PostgresQueryBuilder);
+                let rows = pg.query(&statement.0, &statement.1.0);
+                observe(operation, async { users_of(rows.await?) }).await?
+            }
+            None => {
+                let update = statements::update(id, changes, versions, now());
+                observe(operation, update.exec_with_returning(&self.orm)).await?
+            }
+        };
         match updated.into_iter().next() {
             Some(user) => Ok(user),
             None => Err(self.why_unmatched(id).await),
@@ -354,12 +389,20 @@ impl UserRepository {
             }
             Precondition::OneOf(versions) => Some(versions),
         };
-        let result = observe(
-            Operation::DeleteUser,
-            statements::delete(id, versions).exec(&self.db),
-        )
-        .await?;
-        if result.rows_affected == 1 {
+        let delete = statements::delete(id, versions);
+        let operation = Operation::DeleteUser;
+        let deleted = match &self.pg {
+            Some(pg) => {
+                let statement = delete.build(DbBackend::Postgres);
+                observe(operation, pg.execute(&statement.sql, values(&statement))).await?
+            }
+            None => {
+                observe(operation, delete.exec(&self.orm))
+                    .await?
+                    .rows_affected
+            }
+        };
+        if deleted == 1 {
             Ok(())
         } else {
             Err(self.why_unmatched(id).await)
@@ -369,13 +412,54 @@ impl UserRepository {
     /// After a conditional write touched no row: was the user missing, or its version wrong?
     async fn why_unmatched(&self, id: Uuid) -> RepoError {
         let operation = Operation::UserVersion;
-        let version = statements::version_of(id).into_tuple::<i64>().one(&self.db);
-        match observe(operation, version).await {
-            Ok(Some(_)) => RepoError::VersionMismatch,
-            Ok(None) => record_not_found(operation).into(),
+        let select = statements::version_of(id);
+        let found = match &self.pg {
+            Some(pg) => {
+                let statement = select.build(DbBackend::Postgres);
+                observe(operation, async {
+                    Ok::<_, PgError>(
+                        !pg.query(&statement.sql, values(&statement))
+                            .await?
+                            .is_empty(),
+                    )
+                })
+                .await
+            }
+            None => observe(operation, select.into_tuple::<i64>().one(&self.orm))
+                .await
+                .map(|version| version.is_some()),
+        };
+        match found {
+            Ok(true) => RepoError::VersionMismatch,
+            Ok(false) => record_not_found(operation).into(),
             Err(kind) => kind.into(),
         }
     }
+}
+
+/// A statement's values.
+fn values(statement: &Statement) -> &[Value] {
+    statement
+        .values
+        .as_ref()
+        .map(|values| values.0.as_slice())
+        .unwrap_or_default()
+}
+
+/// Rows of `users`, read by the entity's column names.
+fn users_of(rows: Vec<Row>) -> Result<Vec<users::Model>, PgError> {
+    rows.iter()
+        .map(|row| {
+            Ok(users::Model {
+                id: row.try_get(Column::Id.as_str())?,
+                email: row.try_get(Column::Email.as_str())?,
+                name: row.try_get(Column::Name.as_str())?,
+                created_at: row.try_get(Column::CreatedAt.as_str())?,
+                updated_at: row.try_get(Column::UpdatedAt.as_str())?,
+                version: row.try_get(Column::Version.as_str())?,
+            })
+        })
+        .collect()
 }
 
 /// Cuts the extra row off and makes the cursor from the last row kept.

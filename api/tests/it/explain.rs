@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::common::{Backend, TestDb};
+use crate::common::{Backend, TestDb, test_config};
 use api::users::cursor::Cursor;
 use api::users::repository::{ListQuery, NewUser, Precondition, UserChanges, UserRepository};
 use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder, Value};
@@ -61,7 +61,28 @@ async fn every_repository_statement_uses_an_index() {
     };
     statements.lock().unwrap().clear();
 
-    let repository = UserRepository::new(db.clone());
+    // The service's own data path, recording every prepared statement it runs.
+    let service_db = api::db::Database::connect(&test_config(test_db.url(), &[]))
+        .await
+        .expect("connect");
+    let recorded = Arc::clone(&statements);
+    service_db
+        .pg
+        .as_ref()
+        .expect("PostgreSQL runs on the pipelines")
+        .set_metric_callback(move |info| {
+            if info.prepared {
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        info.sql,
+                        info.values.to_vec(),
+                    ));
+            }
+        });
+    let repository = UserRepository::new(&service_db);
     let user = repository
         .create(NewUser {
             email: "probe@example.com".into(),

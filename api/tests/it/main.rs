@@ -12,7 +12,6 @@ mod migrations;
 mod observability;
 mod openapi;
 mod otlp;
-mod pool_gauges;
 mod security;
 mod shutdown;
 mod startup;

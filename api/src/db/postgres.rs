@@ -1,0 +1,498 @@
+//! PostgreSQL's data path: a few shared connections, each carrying many requests' statements
+//! at once (pipelining: tokio-postgres writes every queued statement in one syscall and reads
+//! their results in one, and PostgreSQL wakes once for many). A pool that lends a connection to
+//! one request at a time pays a round trip, a wake-up and a context switch per statement on
+//! each side; on the 2-core reference machine that capped the service at a third of what
+//! PostgreSQL serves (docs/architecture.md, bench/RESULTS.md).
+//!
+//! The `DB_*` settings keep their meaning, applied to these connections:
+//! `DB_MAX_CONNECTIONS` connections at most, `DB_MIN_CONNECTIONS` opened at start, a statement
+//! waits at most `DB_ACQUIRE_TIMEOUT_SECS` for a connection (opening one, or a free place in
+//! its pipeline), `DB_TEST_BEFORE_ACQUIRE` pings a connection idle for `DB_TEST_IDLE_SECS`,
+//! and connections past `DB_MAX_LIFETIME_SECS`, or idle past `DB_IDLE_TIMEOUT_SECS` beyond the
+//! minimum, are closed by the housekeeping.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use observability::db::PoolState;
+use sea_orm::sea_query::Value;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::ErrorKind;
+use crate::config::{HealthCheck, PoolConfig};
+
+/// Statements one connection carries at once; more wait (up to the acquire timeout) for a
+/// place, so an overloaded database answers 503 instead of queueing without bound.
+pub const PIPELINE_DEPTH: usize = 64;
+
+/// A failed call: the driver's error, or no connection within the acquire timeout.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(transparent)]
+    Driver(#[from] tokio_postgres::Error),
+    #[error("no database connection within the acquire timeout")]
+    AcquireTimeout,
+}
+
+impl PgError {
+    pub fn kind(&self) -> ErrorKind {
+        let error = match self {
+            PgError::AcquireTimeout => return ErrorKind::PoolTimeout,
+            PgError::Driver(error) => error,
+        };
+        if error.is_closed() {
+            return ErrorKind::Connection;
+        }
+        match error.code().map(|code| code.code()) {
+            Some("23505") => ErrorKind::UniqueViolation,
+            // query_canceled (statement_timeout), lock_not_available.
+            Some("57014" | "55P03") => ErrorKind::Timeout,
+            // Connection exceptions, shutdown/crash, too many connections.
+            Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+                ErrorKind::Connection
+            }
+            Some(_) => ErrorKind::Other,
+            // No SQLSTATE: the socket failed, or a row did not decode.
+            None if std::error::Error::source(error)
+                .is_some_and(|source| source.is::<std::io::Error>()) =>
+            {
+                ErrorKind::Connection
+            }
+            None => ErrorKind::Other,
+        }
+    }
+
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PgError::Driver(error) => error.code().map(|code| code.code()),
+            PgError::AcquireTimeout => None,
+        }
+    }
+}
+
+/// One open connection and what it has prepared.
+struct Connection {
+    client: Client,
+    statements: RwLock<HashMap<String, Statement>>,
+    pipeline: Arc<Semaphore>,
+    opened: Instant,
+    /// Milliseconds since `opened` of the last statement sent, for idle checks.
+    last_used_ms: AtomicU64,
+}
+
+impl Connection {
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
+    fn touch(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.last_used_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn busy(&self) -> bool {
+        self.pipeline.available_permits() < PIPELINE_DEPTH
+    }
+
+    /// The prepared statement for `sql`, prepared on first use.
+    async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.read().expect("not poisoned").get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements
+            .write()
+            .expect("not poisoned")
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// One place for a connection: empty until opened, emptied when it breaks or is recycled.
+#[derive(Default)]
+struct Slot {
+    current: ArcSwapOption<Connection>,
+    /// Held while (re)opening, so one task opens and the others wait for it.
+    opening: Mutex<()>,
+}
+
+pub struct Pipelines {
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    config: tokio_postgres::Config,
+    pool: PoolConfig,
+    callback: ArcSwapOption<Box<MetricCallback>>,
+}
+
+/// What ran, for a metric callback (as SeaORM's `set_metric_callback` reports it).
+pub struct StatementInfo<'a> {
+    pub sql: &'a str,
+    pub values: &'a [Value],
+    /// Prepared (named, planned once), or unnamed (planned with its values).
+    pub prepared: bool,
+    pub elapsed: Duration,
+    pub failed: bool,
+}
+
+pub type MetricCallback = dyn Fn(&StatementInfo<'_>) + Send + Sync;
+
+/// A connection lent for one statement: a place in its pipeline.
+struct Lease {
+    connection: Arc<Connection>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Pipelines {
+    /// Parses `url` and opens `DB_MIN_CONNECTIONS` connections.
+    pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Self, PgError> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        if let Some(timeout) = pool.statement_timeout {
+            config.options(format!("-c statement_timeout={}", timeout.as_millis()));
+        }
+        config.connect_timeout(pool.acquire_timeout);
+        let slots = (0..pool.max_connections).map(|_| Slot::default()).collect();
+        let pipelines = Self {
+            slots,
+            next: AtomicUsize::new(0),
+            config,
+            pool: pool.clone(),
+            callback: ArcSwapOption::empty(),
+        };
+        for slot in pipelines.slots.iter().take(pool.min_connections as usize) {
+            pipelines.open(slot).await?;
+        }
+        Ok(pipelines)
+    }
+
+    /// Called after every statement (the slow-statement log; tests record what runs).
+    pub fn set_metric_callback(
+        &self,
+        callback: impl Fn(&StatementInfo<'_>) + Send + Sync + 'static,
+    ) {
+        self.callback.store(Some(Arc::new(Box::new(callback))));
+    }
+
+    /// Runs a prepared statement (prepared once per connection).
+    pub async fn query(&self, sql: &str, values: &[Value]) -> Result<Vec<Row>, PgError> {
+        let params = Params::new(values);
+        self.run(sql, values, true, |connection| async move {
+            let statement = connection.statement(sql).await?;
+            connection.client.query(&statement, &params.refs()).await
+        })
+        .await
+    }
+
+    /// Runs a statement unnamed, planned anew with its parameters each time (one round trip:
+    /// parse, bind and execute go together).
+    pub async fn query_unprepared(&self, sql: &str, values: &[Value]) -> Result<Vec<Row>, PgError> {
+        let params = Params::new(values);
+        self.run(sql, values, false, |connection| async move {
+            connection.client.query_typed(sql, &params.typed()).await
+        })
+        .await
+    }
+
+    /// Runs a prepared statement that returns no rows; the number of rows it touched.
+    pub async fn execute(&self, sql: &str, values: &[Value]) -> Result<u64, PgError> {
+        let params = Params::new(values);
+        self.run(sql, values, true, |connection| async move {
+            let statement = connection.statement(sql).await?;
+            connection.client.execute(&statement, &params.refs()).await
+        })
+        .await
+    }
+
+    /// A round trip on some connection.
+    pub async fn ping(&self) -> Result<(), PgError> {
+        self.run("", &[], false, |connection| async move {
+            connection.client.simple_query("").await.map(drop)
+        })
+        .await
+    }
+
+    /// Runs `call`, the statement `sql` with `values`, on a leased connection.
+    async fn run<T, F, Fut>(
+        &self,
+        sql: &str,
+        values: &[Value],
+        prepared: bool,
+        call: F,
+    ) -> Result<T, PgError>
+    where
+        F: FnOnce(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let (slot, lease) = tokio::time::timeout(self.pool.acquire_timeout, self.lease())
+            .await
+            .map_err(|_| PgError::AcquireTimeout)??;
+        lease.connection.touch();
+        let started = Instant::now();
+        let result = call(Arc::clone(&lease.connection)).await;
+        if let Some(callback) = &*self.callback.load() {
+            callback(&StatementInfo {
+                sql,
+                values,
+                prepared,
+                elapsed: started.elapsed(),
+                failed: result.is_err(),
+            });
+        }
+        if let Err(error) = &result
+            && error.is_closed()
+        {
+            // Broken: the next statement on this slot opens a new connection.
+            slot.current
+                .compare_and_swap(&Some(Arc::clone(&lease.connection)), None);
+        }
+        Ok(result?)
+    }
+
+    /// A place in an open connection's pipeline, round robin; when every open connection's
+    /// pipeline is full, a new connection (up to `DB_MAX_CONNECTIONS`); when none can be
+    /// opened, a wait for a place.
+    async fn lease(&self) -> Result<(&Slot, Lease), PgError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.slots.len();
+        let mut unopened = None;
+        for offset in 0..count {
+            let slot = &self.slots[(start + offset) % count];
+            let connection = match slot.current.load_full() {
+                Some(connection) if !connection.client.is_closed() => connection,
+                _ => {
+                    unopened.get_or_insert(slot);
+                    continue;
+                }
+            };
+            if let Ok(place) = Arc::clone(&connection.pipeline).try_acquire_owned() {
+                return self.lend(slot, connection, place).await;
+            }
+        }
+        let slot = unopened.unwrap_or(&self.slots[start % count]);
+        let connection = match slot.current.load_full() {
+            Some(connection) if !connection.client.is_closed() => connection,
+            _ => self.open(slot).await?,
+        };
+        let place = Arc::clone(&connection.pipeline)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        self.lend(slot, connection, place).await
+    }
+
+    async fn lend<'a>(
+        &self,
+        slot: &'a Slot,
+        connection: Arc<Connection>,
+        place: OwnedSemaphorePermit,
+    ) -> Result<(&'a Slot, Lease), PgError> {
+        let connection = self.checked(slot, connection).await?;
+        Ok((
+            slot,
+            Lease {
+                connection,
+                _place: place,
+            },
+        ))
+    }
+
+    /// `DB_TEST_BEFORE_ACQUIRE`: pings a connection before use when asked to; a failed ping
+    /// replaces it.
+    async fn checked(
+        &self,
+        slot: &Slot,
+        connection: Arc<Connection>,
+    ) -> Result<Arc<Connection>, PgError> {
+        let ping = match self.pool.health_check {
+            HealthCheck::Always => true,
+            HealthCheck::IfIdleFor(idle) => connection.idle_for() >= idle,
+            HealthCheck::Never => false,
+        };
+        if !ping || connection.client.simple_query("").await.is_ok() {
+            return Ok(connection);
+        }
+        slot.current.compare_and_swap(&Some(connection), None);
+        self.open(slot).await
+    }
+
+    /// Opens the slot's connection unless another task just did.
+    async fn open(&self, slot: &Slot) -> Result<Arc<Connection>, PgError> {
+        let _opening = slot.opening.lock().await;
+        if let Some(connection) = slot.current.load_full()
+            && !connection.client.is_closed()
+        {
+            return Ok(connection);
+        }
+        let (client, driver) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = driver.await {
+                tracing::debug!(%error, "database connection closed");
+            }
+        });
+        let connection = Arc::new(Connection {
+            client,
+            statements: RwLock::default(),
+            pipeline: Arc::new(Semaphore::new(PIPELINE_DEPTH)),
+            opened: Instant::now(),
+            last_used_ms: AtomicU64::new(0),
+        });
+        slot.current.store(Some(Arc::clone(&connection)));
+        Ok(connection)
+    }
+
+    /// Closes connections past `DB_MAX_LIFETIME_SECS`, and those idle past
+    /// `DB_IDLE_TIMEOUT_SECS` beyond `DB_MIN_CONNECTIONS`; reopens up to the minimum. Statements
+    /// in flight on a closed connection finish first (the client lives until they do).
+    pub async fn housekeeping(&self) {
+        let mut open = 0;
+        for slot in self.slots.iter() {
+            let Some(connection) = slot.current.load_full() else {
+                continue;
+            };
+            let expired = self
+                .pool
+                .max_lifetime
+                .is_some_and(|lifetime| connection.opened.elapsed() >= lifetime);
+            let idle = open >= self.pool.min_connections
+                && !connection.busy()
+                && self
+                    .pool
+                    .idle_timeout
+                    .is_some_and(|timeout| connection.idle_for() >= timeout);
+            if expired || idle || connection.client.is_closed() {
+                slot.current.compare_and_swap(&Some(connection), None);
+            } else {
+                open += 1;
+            }
+        }
+        for slot in self.slots.iter() {
+            if open >= self.pool.min_connections {
+                break;
+            }
+            if slot.current.load().is_none() && self.open(slot).await.is_ok() {
+                open += 1;
+            }
+        }
+    }
+
+    /// The pool gauges: a connection is active while it carries a statement.
+    pub fn state(&self) -> PoolState {
+        let (mut active, mut idle) = (0, 0);
+        for slot in self.slots.iter() {
+            if let Some(connection) = slot.current.load_full()
+                && !connection.client.is_closed()
+            {
+                if connection.busy() {
+                    active += 1;
+                } else {
+                    idle += 1;
+                }
+            }
+        }
+        PoolState {
+            active,
+            idle,
+            max: self.pool.max_connections,
+            min: self.pool.min_connections,
+        }
+    }
+
+    /// Drops every connection (shutdown): the server sees them close.
+    pub fn close(&self) {
+        for slot in self.slots.iter() {
+            slot.current.store(None);
+        }
+    }
+}
+
+/// A statement's values as tokio-postgres parameters. (sea-query-postgres does this, but does
+/// not build against the sea-query features SeaORM turns on; the service binds five types.)
+struct Params<'a>(Vec<Param<'a>>);
+
+#[derive(Debug)]
+struct Param<'a>(&'a Value);
+
+impl<'a> Params<'a> {
+    fn new(values: &'a [Value]) -> Self {
+        Self(values.iter().map(Param).collect())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.0
+            .iter()
+            .map(|value| value as &(dyn ToSql + Sync))
+            .collect()
+    }
+
+    /// With their types, for unnamed statements (the server infers nothing from a value).
+    fn typed(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.0
+            .iter()
+            .map(|value| (value as &(dyn ToSql + Sync), value.pg_type()))
+            .collect()
+    }
+}
+
+impl Param<'_> {
+    fn pg_type(&self) -> Type {
+        match self.0 {
+            Value::String(_) => Type::TEXT,
+            Value::ChronoDateTimeUtc(_) => Type::TIMESTAMPTZ,
+            Value::Uuid(_) => Type::UUID,
+            Value::BigInt(_) | Value::BigUnsigned(_) => Type::INT8,
+            Value::Int(_) => Type::INT4,
+            Value::Bool(_) => Type::BOOL,
+            _ => Type::UNKNOWN,
+        }
+    }
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Value::String(v) => v.as_deref().to_sql(ty, out),
+            Value::ChronoDateTimeUtc(v) => v.to_sql(ty, out),
+            Value::Uuid(v) => v.to_sql(ty, out),
+            // Integers as the statement's parameter type says (`version + 1` binds an i32
+            // to a bigint column).
+            Value::BigInt(v) => integer(*v, ty, out),
+            Value::BigUnsigned(v) => {
+                integer(v.map(|n| i64::try_from(n).unwrap_or(i64::MAX)), ty, out)
+            }
+            Value::Int(v) => integer(v.map(i64::from), ty, out),
+            Value::Bool(v) => v.to_sql(ty, out),
+            other => Err(format!("no PostgreSQL binding for {other:?}").into()),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn integer(
+    value: Option<i64>,
+    ty: &Type,
+    out: &mut bytes::BytesMut,
+) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    let Some(value) = value else {
+        return Ok(IsNull::Yes);
+    };
+    match *ty {
+        Type::INT2 => i16::try_from(value)?.to_sql(ty, out),
+        Type::INT4 => i32::try_from(value)?.to_sql(ty, out),
+        _ => value.to_sql(ty, out),
+    }
+}

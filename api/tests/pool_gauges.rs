@@ -1,0 +1,99 @@
+//! The pool gauges are read at scrape time, not only every `DB_POOL_METRICS_INTERVAL_SECS`.
+//! (Its own test binary: the gauges are process-wide, and the other tests' apps set them too.)
+
+#[path = "it/common/mod.rs"]
+mod common;
+
+use common::{Backend, TestDb, eventually, test_config};
+use sea_orm::sqlx::{Connection, Executor, PgConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// On PostgreSQL a connection is active while it carries statements: held here by a table lock
+/// that blocks the requests on both warm connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_sees_the_pool_as_it_is_now() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let config = test_config(
+        db.url(),
+        &[
+            ("DB_POOL_METRICS_INTERVAL_SECS", "3600"),
+            ("DB_MIN_CONNECTIONS", "2"),
+            ("DB_MAX_CONNECTIONS", "7"),
+            ("DB_STATEMENT_TIMEOUT_MS", "30000"),
+        ],
+    );
+    let listeners = api::Listeners::bind(&config).await.unwrap();
+    let (public, admin) = (listeners.public_addr(), listeners.admin_addr());
+    let app = api::build(config).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::run_until(app, listeners, async {
+        let _ = stopped.await;
+    }));
+
+    let before = scrape(admin).await;
+    assert_eq!(gauge(&before, "database_pool_connections_max"), 7.0);
+    assert_eq!(gauge(&before, "database_pool_connections_min"), 2.0);
+    assert_eq!(gauge(&before, "database_pool_connections_active"), 0.0);
+    assert_eq!(gauge(&before, "database_pool_connections_idle"), 2.0);
+
+    let mut locker = PgConnection::connect(db.url()).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(get(public, "/api/v1/users")))
+        .collect();
+    eventually("both connections carry a blocked statement", 10, || async {
+        let during = scrape(admin).await;
+        gauge(&during, "database_pool_connections_active") == 2.0
+            && gauge(&during, "database_pool_connections_idle") == 0.0
+    })
+    .await;
+    locker.execute("ROLLBACK").await.unwrap();
+    for request in blocked {
+        assert!(request.await.unwrap().starts_with("HTTP/1.1 200"));
+    }
+    let after = scrape(admin).await;
+    assert_eq!(gauge(&after, "database_pool_connections_active"), 0.0);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
