@@ -13,6 +13,7 @@ pub struct Measured {
     pub requests_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub max_ms: f64,
     pub errors: u64,
 }
 
@@ -50,6 +51,7 @@ pub async fn wrk(
         requests_per_sec: number("requests") / (number("duration_us") / 1e6),
         p50_ms: number("p50_us") / 1000.0,
         p99_ms: number("p99_us") / 1000.0,
+        max_ms: number("max_us") / 1000.0,
         errors: (number("socket_errors") + number("http_errors")) as u64,
     })
 }
@@ -98,6 +100,7 @@ pub async fn pgbench(
         requests_per_sec: value_after("tps ="),
         p50_ms: value_after("latency average ="),
         p99_ms: 0.0,
+        max_ms: 0.0,
         errors: failed as u64,
     })
 }

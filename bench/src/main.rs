@@ -105,11 +105,15 @@ struct RunArgs {
     /// Concurrent connections of wrk and clients of pgbench.
     #[arg(long, default_value_t = 64)]
     connections: u32,
+    /// Client connections of the overload check (get by id, shipped settings); 0 to skip.
+    #[arg(long, default_value_t = 256)]
+    high_connections: u32,
     /// Configurations, in order: before, plan1, tuned, pool-N.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
-    /// Pool sizes to sweep (get by id and mix, with the tuned settings); empty to skip.
-    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,50,100")]
+    /// Connection counts to sweep (get by id, create and mix, with the shipped settings); empty
+    /// to skip.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     sweep: Vec<u32>,
     /// Only these scenarios (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -117,6 +121,9 @@ struct RunArgs {
     /// The release api binary (built first with `cargo build --release -p api`).
     #[arg(long, default_value = "target/release/api")]
     binary: PathBuf,
+    /// Another build, for the `baseline` configuration.
+    #[arg(long)]
+    baseline_binary: Option<PathBuf>,
     /// Where RESULTS.md and results.svg go.
     #[arg(long, default_value = "bench")]
     out: PathBuf,
@@ -171,14 +178,16 @@ async fn seed_both(common: &Common) -> Result<()> {
     .await
 }
 
-/// A named configuration: which database, which environment.
+/// A named configuration: which database, which environment, which binary.
 pub struct Config {
     pub name: String,
     pub indexed: bool,
     pub env: Vec<(String, String)>,
+    /// Another build of the service (`baseline`: `--baseline-binary`); `None`: `--binary`.
+    pub binary: Option<PathBuf>,
 }
 
-fn config(name: &str) -> Result<Config> {
+fn config(name: &str, run: &RunArgs) -> Result<Config> {
     let env = |pairs: &[(&str, &str)]| {
         pairs
             .iter()
@@ -190,6 +199,7 @@ fn config(name: &str) -> Result<Config> {
         "before" => Config {
             name: name.into(),
             indexed: false,
+            binary: None,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "10"),
                 ("DB_MIN_CONNECTIONS", "0"),
@@ -201,6 +211,7 @@ fn config(name: &str) -> Result<Config> {
         "plan1" => Config {
             name: name.into(),
             indexed: true,
+            binary: None,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "50"),
                 ("DB_MIN_CONNECTIONS", "5"),
@@ -215,20 +226,38 @@ fn config(name: &str) -> Result<Config> {
             name: name.into(),
             indexed: true,
             env: Vec::new(),
+            binary: None,
+        },
+        // The shipped defaults on another build (e.g. the commit before a data-path change),
+        // measured in the same run.
+        "baseline" => Config {
+            name: name.into(),
+            indexed: true,
+            env: Vec::new(),
+            binary: Some(
+                run.baseline_binary
+                    .clone()
+                    .context("the baseline configuration needs --baseline-binary")?,
+            ),
         },
         other => match other
             .strip_prefix("pool-")
             .and_then(|n| n.parse::<u32>().ok())
         {
+            // N connections, all open: on PostgreSQL the warm connections carry the load
+            // (pipelined), so the minimum is what is measured.
             Some(size) => Config {
                 name: name.into(),
                 indexed: true,
+                binary: None,
                 env: vec![
                     ("DB_MAX_CONNECTIONS".into(), size.to_string()),
-                    ("DB_MIN_CONNECTIONS".into(), size.min(5).to_string()),
+                    ("DB_MIN_CONNECTIONS".into(), size.to_string()),
                 ],
             },
-            None => bail!("unknown configuration {other}: before, plan1, tuned or pool-N"),
+            None => {
+                bail!("unknown configuration {other}: before, plan1, tuned, baseline or pool-N")
+            }
         },
     })
 }
@@ -246,6 +275,11 @@ pub struct Report {
     /// scenario -> one pgbench measurement per round.
     pub pgbench: BTreeMap<String, Vec<Measured>>,
     pub sweep: BTreeMap<(u32, String), Vec<Sample>>,
+    /// Get by id with the shipped settings at `high_connections`, one sample per round.
+    pub high: Vec<Sample>,
+    pub high_connections: u32,
+    /// `optimize_indexes` applied under a write load.
+    pub upgrade: Option<Upgrade>,
     pub explain: Vec<explain::Timing>,
 }
 
@@ -289,7 +323,7 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
     let configs: Vec<Config> = run
         .configs
         .iter()
-        .map(|name| config(name))
+        .map(|name| config(name, run))
         .collect::<Result<_>>()?;
     let mut report = Report {
         users: common.users,
@@ -301,6 +335,9 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         service: BTreeMap::new(),
         pgbench: BTreeMap::new(),
         sweep: BTreeMap::new(),
+        high: Vec::new(),
+        high_connections: run.high_connections,
+        upgrade: None,
         explain: explain::compare(&indexed_url, &noidx_url, common.users).await?,
     };
     let urls = Urls {
@@ -312,7 +349,20 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
             .round(round, &configs, &scenarios, &urls, &mut report)
             .await?;
     }
+    if configs.iter().any(|c| c.name == "before") {
+        eprintln!("the upgrade: optimize_indexes under a write load");
+        report.upgrade = Some(bench.upgrade(&urls.noidx).await?);
+    }
     Ok(report)
+}
+
+/// The upgrade from `before` to the indexed schema on a live, loaded table.
+pub struct Upgrade {
+    /// Creates on the `before` database with nothing else going on.
+    pub quiet: Measured,
+    /// The same while `optimize_indexes` applies.
+    pub during: Measured,
+    pub migration: Duration,
 }
 
 /// The two seeded databases.
@@ -322,6 +372,49 @@ struct Urls {
 }
 
 impl Bench<'_> {
+    /// Creates through the service on the `before` database, once alone and once while
+    /// `optimize_indexes` applies (from its second second on); then the migration is rolled
+    /// back, so the database is `before` again.
+    async fn upgrade(&self, url: &str) -> Result<Upgrade> {
+        use migration::{Migrator, MigratorTrait};
+        let duration = Duration::from_secs(self.run.seconds.max(5));
+        let binary = std::fs::canonicalize(&self.run.binary).context("the api binary")?;
+        let service = Service::start(&binary, url, &[]).await?;
+        let target = format!("http://{}", service::PUBLIC);
+        let script = self.script("create", url).await?;
+        let connections = self.run.connections;
+        let quiet = load::wrk(&script, &target, connections, 2, duration).await?;
+        let load = tokio::spawn({
+            let (script, target) = (script.clone(), target.clone());
+            async move { load::wrk(&script, &target, connections, 2, duration).await }
+        });
+        // Lets the load reach its pace first: a measurement offset, not a synchronisation.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let db = sea_orm::Database::connect(url).await?;
+        let started = std::time::Instant::now();
+        Migrator::up(&db, None).await?;
+        let migration = started.elapsed();
+        let during = load.await??;
+        service.stop().await?;
+        Migrator::down(&db, Some(1)).await?;
+        db.close().await?;
+        restore(url).await?;
+        eprintln!(
+            "  creates alone p99 {:.2} ms max {:.2} ms; during the upgrade ({:.1} s) p99 {:.2} ms max {:.2} ms, errors {}",
+            quiet.p99_ms,
+            quiet.max_ms,
+            migration.as_secs_f64(),
+            during.p99_ms,
+            during.max_ms,
+            during.errors
+        );
+        Ok(Upgrade {
+            quiet,
+            during,
+            migration,
+        })
+    }
+
     /// One round: every configuration, then pgbench on every scenario, then the pool sweep.
     async fn round(
         &self,
@@ -341,7 +434,14 @@ impl Bench<'_> {
             };
             progress(&config.name);
             for (scenario, sample) in self
-                .service_run(url, &config.env, scenarios, duration)
+                .service_run_at(
+                    config.binary.as_ref().unwrap_or(&self.run.binary),
+                    url,
+                    &config.env,
+                    scenarios,
+                    duration,
+                    self.run.connections,
+                )
                 .await?
             {
                 report
@@ -349,6 +449,27 @@ impl Bench<'_> {
                     .entry((config.name.clone(), scenario))
                     .or_default()
                     .push(sample);
+            }
+        }
+        let get_by_id: Vec<Scenario> = scenarios
+            .iter()
+            .filter(|s| s.name == "get by id")
+            .map(Scenario::service_only)
+            .collect();
+        if self.run.high_connections > 0 && configs.iter().any(|c| c.name == "tuned") {
+            progress(&format!("{} connections", self.run.high_connections));
+            for (_, sample) in self
+                .service_run_at(
+                    &self.run.binary,
+                    &urls.indexed,
+                    &[],
+                    &get_by_id,
+                    duration,
+                    self.run.high_connections,
+                )
+                .await?
+            {
+                report.high.push(sample);
             }
         }
         for scenario in scenarios {
@@ -363,17 +484,12 @@ impl Bench<'_> {
         // The sweep drives the service only: its pgbench ceiling is the scenarios' own.
         let sweep_scenarios: Vec<Scenario> = scenarios
             .iter()
-            .filter(|s| s.name == "get by id" || s.name == "mix 80/20")
-            .map(|s| Scenario {
-                name: s.name,
-                lua: s.lua,
-                pgbench: Vec::new(),
-                protocol: s.protocol,
-            })
+            .filter(|s| matches!(s.name, "get by id" | "create" | "mix 80/20"))
+            .map(Scenario::service_only)
             .collect();
         for &size in &self.run.sweep {
             progress(&format!("pool {size}"));
-            let env = config(&format!("pool-{size}"))?.env;
+            let env = config(&format!("pool-{size}"), self.run)?.env;
             for (scenario, sample) in self
                 .service_run(&urls.indexed, &env, &sweep_scenarios, duration)
                 .await?
@@ -398,23 +514,37 @@ impl Bench<'_> {
         scenarios: &[Scenario],
         duration: Duration,
     ) -> Result<Vec<(String, Sample)>> {
-        let binary = std::fs::canonicalize(&self.run.binary).context("the api binary")?;
+        self.service_run_at(
+            &self.run.binary,
+            url,
+            env,
+            scenarios,
+            duration,
+            self.run.connections,
+        )
+        .await
+    }
+
+    /// As [`Self::service_run`], with `binary` and `connections` client connections.
+    async fn service_run_at(
+        &self,
+        binary: &Path,
+        url: &str,
+        env: &[(String, String)],
+        scenarios: &[Scenario],
+        duration: Duration,
+        connections: u32,
+    ) -> Result<Vec<(String, Sample)>> {
+        let binary = std::fs::canonicalize(binary).context("the api binary")?;
         let service = Service::start(&binary, url, env).await?;
         let target = format!("http://{}", service::PUBLIC);
         let warm = self.script("get_by_id", url).await?;
-        load::wrk(
-            &warm,
-            &target,
-            self.run.connections,
-            2,
-            Duration::from_secs(2),
-        )
-        .await?;
+        load::wrk(&warm, &target, connections, 2, Duration::from_secs(2)).await?;
         let mut samples = Vec::new();
         for scenario in scenarios {
             let script = self.script(scenario.lua, url).await?;
             let cpu_before = service.cpu_seconds();
-            let measured = load::wrk(&script, &target, self.run.connections, 2, duration).await?;
+            let measured = load::wrk(&script, &target, connections, 2, duration).await?;
             let cpu = (service.cpu_seconds() - cpu_before) / duration.as_secs_f64();
             let rss_mib = service.rss() as f64 / (1024.0 * 1024.0);
             eprintln!(
@@ -564,10 +694,12 @@ async fn soak(
         seconds: minutes * 60,
         rounds: 1,
         connections,
+        high_connections: 0,
         configs: vec!["tuned".into()],
         sweep: Vec::new(),
         scenarios: Vec::new(),
         binary,
+        baseline_binary: None,
         out: out.to_owned(),
     };
     let bench = Bench {
@@ -629,10 +761,12 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
         seconds: 1,
         rounds: 1,
         connections: 4,
+        high_connections: 8,
         configs: vec!["before".into(), "tuned".into()],
-        sweep: vec![2],
+        sweep: vec![1],
         scenarios: Vec::new(),
         binary,
+        baseline_binary: None,
         out: out.path().to_owned(),
     };
     let result = measure(&common, &run).await;

@@ -16,6 +16,18 @@ pub struct Scenario {
     pub protocol: &'static str,
 }
 
+impl Scenario {
+    /// The same scenario without its pgbench ceiling, for runs that measure the service only.
+    pub fn service_only(&self) -> Scenario {
+        Scenario {
+            name: self.name,
+            lua: self.lua,
+            pgbench: Vec::new(),
+            protocol: self.protocol,
+        }
+    }
+}
+
 /// How many users (the first ones) the update scenarios touch.
 pub fn update_users(users: u64) -> u64 {
     users.min(20_000)

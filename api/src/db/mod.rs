@@ -155,8 +155,47 @@ fn log_if_slow(sql: &str, elapsed: std::time::Duration, failed: bool, slow: std:
     }
 }
 
+/// The advisory lock that lets one instance at a time migrate: "user-svc" in ASCII.
+const MIGRATION_LOCK: i64 = 0x7573_6572_2d73_7663;
+/// How often a waiting instance tries the lock.
+const MIGRATION_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Applies pending migrations. On PostgreSQL, instances starting together take turns: each
+/// holds a session-level advisory lock while it migrates, on a connection of its own (if the
+/// process dies, the connection closes and the lock goes with it); the next finds nothing
+/// pending and serves.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    use sea_orm::sqlx::{self, Connection as _, PgConnection};
+    let sqlx_err = |error: sqlx::Error| DbErr::Custom(format!("migration lock: {error}"));
+    let options = db.get_postgres_connection_pool().connect_options();
+    let mut lock = PgConnection::connect_with(&options)
+        .await
+        .map_err(sqlx_err)?;
+    // Polled rather than waited for: a session waiting in `pg_advisory_lock` holds a snapshot,
+    // and the other instance's `CREATE INDEX CONCURRENTLY` waits for every older snapshot to
+    // end, so it would wait for its own waiter.
+    let mut said = false;
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut lock)
+            .await
+            .map_err(sqlx_err)?;
+        if locked {
+            break;
+        }
+        if !std::mem::replace(&mut said, true) {
+            tracing::info!("another instance is migrating: waiting for it");
+        }
+        tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+    }
+    let migrated = Migrator::up(db, None).await;
+    // Closing the session releases the lock.
+    let _ = lock.close().await;
+    migrated
 }
 
 /// SeaORM's pool's current size, for the pool gauges.

@@ -1,8 +1,14 @@
 //! What each migration guarantees on its own.
 
-use crate::common::{Backend, TestDb};
-use migration::{MigratorTrait, MigratorWithoutIndexes};
-use sea_orm::{ConnectionTrait, Database};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::common::{Backend, TestDb, admin_connection, test_config};
+use migration::{Migrator, MigratorTrait, MigratorWithoutIndexes};
+use sea_orm::sqlx::{self, Connection, Executor, PgConnection};
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use serde_json::json;
 
 on_both_backends!(emails_are_unique_from_the_first_migration_on);
 
@@ -35,4 +41,213 @@ async fn emails_are_unique_from_the_first_migration_on(backend: Backend) {
         "a second user with the same email in another case was stored"
     );
     db.close().await.unwrap();
+}
+
+/// A fresh PostgreSQL database holding `rows` users under the first migration only: the table
+/// `optimize_indexes` lands on in production.
+async fn live_table(rows: u32) -> (TestDb, sea_orm::DatabaseConnection) {
+    let test_db = TestDb::empty(Backend::Postgres).await;
+    let db = Database::connect(test_db.url()).await.unwrap();
+    MigratorWithoutIndexes::up(&db, None).await.unwrap();
+    db.execute_unprepared(&format!(
+        "INSERT INTO users (id, email, name, created_at, updated_at, version)
+         SELECT gen_random_uuid(), 'seed' || g || '@example.com', 'Seeded ' || md5(g::text),
+                now() - g * interval '1 second', now() - g * interval '1 second', 1
+         FROM generate_series(1, {rows}) AS g"
+    ))
+    .await
+    .unwrap();
+    (test_db, db)
+}
+
+/// Each optimization index and whether it is valid.
+async fn indexes(db: &sea_orm::DatabaseConnection) -> Vec<(String, bool)> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT c.relname AS name, i.indisvalid AS valid FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = 'users'::regclass AND c.relname LIKE '%\\_idx' ORDER BY 1",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                row.try_get("", "name").unwrap(),
+                row.try_get("", "valid").unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Whether an index build is in progress on the database (`pg_stat_progress_create_index`) in
+/// a phase like `phase`, and the backend running it.
+async fn building(admin: &mut PgConnection, database: &str, phase: &str) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT p.pid FROM pg_stat_progress_create_index p
+         JOIN pg_database d ON d.oid = p.datid WHERE d.datname = $1 AND p.phase LIKE $2",
+    )
+    .bind(database)
+    .bind(phase)
+    .fetch_optional(admin)
+    .await
+    .unwrap()
+}
+
+fn database_name(test_db: &TestDb) -> String {
+    let url = test_db.url();
+    url[url.rfind('/').unwrap() + 1..]
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_keep_completing_while_the_indexes_build() {
+    let (test_db, db) = live_table(300_000).await;
+    let app = api::build(test_config(test_db.url(), &[("RUN_MIGRATIONS", "false")]))
+        .await
+        .unwrap();
+    let client = poem::test::TestClient::new(app.endpoint());
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let mut finished = Vec::new();
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                n += 1;
+                let response = client
+                    .post("/api/v1/users")
+                    .body_json(&json!({"email": format!("live{n}@example.com"), "name": "Live"}))
+                    .send()
+                    .await;
+                assert_eq!(response.0.status(), 201);
+                finished.push(Instant::now());
+            }
+            finished
+        }
+    });
+    let migration = tokio::spawn(async move {
+        let migrated = Migrator::up(&db, None).await;
+        (db, migrated)
+    });
+    // Watch the builds: when each was seen in progress.
+    let mut admin = admin_connection().await;
+    let name = database_name(&test_db);
+    let mut in_progress = Vec::new();
+    while !migration.is_finished() {
+        if building(&mut admin, &name, "%").await.is_some() {
+            in_progress.push(Instant::now());
+        }
+    }
+    let (db, migrated) = migration.await.unwrap();
+    migrated.expect("optimize_indexes applies");
+    done.store(true, Ordering::Relaxed);
+    let finished = writer.await.unwrap();
+    let (first, last) = (in_progress.first().unwrap(), in_progress.last().unwrap());
+    let during = finished
+        .iter()
+        .filter(|at| *at > first && *at < last)
+        .count();
+    assert!(
+        during >= 20,
+        "only {during} writes completed while the indexes built ({:?}): writes were blocked",
+        *last - *first
+    );
+    let indexes = indexes(&db).await;
+    assert_eq!(indexes.len(), 3, "{indexes:?}");
+    assert!(indexes.iter().all(|(_, valid)| *valid), "{indexes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_cancelled_midway_fails_the_migration_and_a_rerun_repairs_it() {
+    let (test_db, db) = live_table(300_000).await;
+    let migration = tokio::spawn(async move {
+        let migrated = Migrator::up(&db, None).await;
+        (db, migrated)
+    });
+    let mut admin = admin_connection().await;
+    let name = database_name(&test_db);
+    let pid = loop {
+        // Once the index exists in the catalog: a cancel then leaves it INVALID.
+        if let Some(pid) = building(&mut admin, &name, "building index%").await {
+            break pid;
+        }
+        assert!(
+            !migration.is_finished(),
+            "the builds ended before one was seen"
+        );
+    };
+    sqlx::query("SELECT pg_cancel_backend($1)")
+        .bind(pid)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (db, migrated) = migration.await.unwrap();
+    let error = migrated
+        .expect_err("a cancelled build fails the migration")
+        .to_string();
+    assert!(error.contains("INVALID"), "{error}");
+    let left = indexes(&db).await;
+    assert!(left.iter().any(|(_, valid)| !valid), "{left:?}");
+    let applied = Migrator::get_applied_migrations(&db).await.unwrap();
+    assert_eq!(
+        applied.len(),
+        1,
+        "recorded as applied with an invalid index"
+    );
+
+    Migrator::up(&db, None).await.expect("the rerun repairs it");
+    let repaired = indexes(&db).await;
+    assert_eq!(repaired.len(), 3, "{repaired:?}");
+    assert!(repaired.iter().all(|(_, valid)| *valid), "{repaired:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_once_and_all_serve() {
+    let test_db = TestDb::empty(Backend::Postgres).await;
+    let config = test_config(test_db.url(), &[]);
+    let (a, b, c) = tokio::join!(
+        api::build(config.clone()),
+        api::build(config.clone()),
+        api::build(config)
+    );
+    for app in [a.unwrap(), b.unwrap(), c.unwrap()] {
+        let client = poem::test::TestClient::new(app.endpoint());
+        client
+            .get("/health/ready")
+            .send()
+            .await
+            .assert_status_is_ok();
+    }
+    let db = Database::connect(test_db.url()).await.unwrap();
+    let applied = Migrator::get_applied_migrations(&db).await.unwrap();
+    assert_eq!(applied.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_in_the_way_fails_the_build_with_a_message() {
+    let (test_db, db) = live_table(1_000).await;
+    // SHARE conflicts with the SHARE UPDATE EXCLUSIVE lock a concurrent build takes.
+    let mut holder = PgConnection::connect(test_db.url()).await.unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    holder
+        .execute("LOCK TABLE users IN SHARE MODE")
+        .await
+        .unwrap();
+    let error = Migrator::up(&db, None)
+        .await
+        .expect_err("the lock is never granted")
+        .to_string();
+    assert!(
+        error.contains("could not take the lock") && error.contains("long transaction"),
+        "{error}"
+    );
+    holder.execute("ROLLBACK").await.unwrap();
+    Migrator::up(&db, None)
+        .await
+        .expect("applies once the lock is free");
 }
