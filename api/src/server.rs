@@ -24,6 +24,8 @@ pub struct Listeners {
 impl Listeners {
     /// Binds both addresses of `config` (port 0 picks a free port, for tests).
     pub async fn bind(config: &Config) -> Result<Self, StartupError> {
+        // The listener's metrics are set from here on: the recorder must be in place.
+        observability::metrics::Metrics::install();
         Ok(Self {
             public: GuardedAcceptor::new(bind(config.http_addr).await?, config.connections),
             admin: bind(config.admin_addr).await?,

@@ -1,12 +1,18 @@
-//! HTTP middleware: one span per request, with its request id, and the request metrics.
+//! HTTP middleware: one span per request (OpenTelemetry's HTTP server conventions, continuing
+//! the caller's W3C trace), with its request id, and the request metrics; and the connection
+//! metrics of the public listener.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt;
 use poem::PathPattern;
-use poem::http::{HeaderName, HeaderValue, StatusCode};
+use poem::http::header::{HOST, USER_AGENT};
+use poem::http::{HeaderName, HeaderValue, Method, StatusCode};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const REQUESTS: &str = "http_server_requests_total";
 pub const DURATION: &str = "http_server_request_duration_seconds";
@@ -127,14 +133,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
                 HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
                     .expect("a UUID is a header value")
             });
-        let span = tracing::info_span!(
-            "http.request",
-            http.method = %method,
-            http.route = tracing::field::Empty,
-            http.status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-            request_id = request_id.to_str().unwrap_or_default(),
-        );
+        let span = server_span(&request, &method, &request_id);
         let mut response = match self.inner.call(request).instrument(span.clone()).await {
             Ok(output) => output.into_response(),
             Err(error) => error.into_response(),
@@ -151,9 +150,16 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             .unwrap_or_else(|| UNMATCHED.to_owned());
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
+        // The span's OpenTelemetry side exists since its parent was set: rename it there.
+        span.context()
+            .span()
+            .update_name(format!("{method} {route}"));
         span.record("http.route", route.as_str());
-        span.record("http.status", status);
-        span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+        span.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+            span.record("error.type", status);
+        }
         let labels = [
             ("method", method.as_str().to_owned()),
             ("route", route),
@@ -162,14 +168,77 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         metrics::counter!(REQUESTS, &labels).increment(1);
         metrics::histogram!(DURATION, &labels).record(elapsed.as_secs_f64());
         span.in_scope(|| {
+            let latency_ms = elapsed.as_secs_f64() * 1000.0;
             if status >= 500 {
-                tracing::warn!(status, "request failed");
+                tracing::warn!(status, latency_ms, "request failed");
             } else {
-                tracing::debug!(status, "request served");
+                tracing::debug!(status, latency_ms, "request served");
             }
         });
         response.headers_mut().insert(REQUEST_ID, request_id);
         Ok(response)
+    }
+}
+
+/// The request's span, following OpenTelemetry's HTTP server conventions (kind SERVER, named
+/// `{method} {route}` once the route is known), continuing the caller's trace when it sent a
+/// W3C `traceparent`. Its trace and span ids are fields too, so every log line inside the
+/// request carries them.
+fn server_span(request: &Request, method: &Method, request_id: &HeaderValue) -> Span {
+    let headers = request.headers();
+    let (address, port) = server_address(request);
+    let span = tracing::info_span!(
+        "http.server.request",
+        otel.name = %method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        url.scheme = request.scheme().as_str(),
+        server.address = address.as_deref(),
+        server.port = port.map(i64::from),
+        user_agent.original = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+        request_id = request_id.to_str().unwrap_or_default(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    // Fails only when no OpenTelemetry layer is installed: nothing to continue then.
+    let _ = span.set_parent(parent);
+    crate::telemetry::record_trace_ids(&span);
+    span
+}
+
+/// `server.address` and `server.port`: the `Host` the client asked for, else the listener's.
+fn server_address(request: &Request) -> (Option<String>, Option<u16>) {
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|host| host.parse::<poem::http::uri::Authority>().ok());
+    match host {
+        Some(authority) => (Some(authority.host().to_owned()), authority.port_u16()),
+        None => match request.local_addr().as_socket_addr() {
+            Some(addr) => (Some(addr.ip().to_string()), Some(addr.port())),
+            None => (None, None),
+        },
+    }
+}
+
+/// Reads W3C trace context from poem's headers.
+struct HeaderExtractor<'a>(&'a poem::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
     }
 }
 

@@ -3,12 +3,15 @@
 
 use std::io::IsTerminal;
 
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -55,6 +58,8 @@ pub struct TelemetryError {
 /// set: the batch exporter runs on it (tonic needs Tokio; the default thread-based batch
 /// processor would panic). Later calls in the same process keep the first subscriber.
 pub fn init(config: &TelemetryConfig<'_>) -> Result<Telemetry, TelemetryError> {
+    // Incoming `traceparent`/`tracestate` continue the caller's trace.
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = match config.otlp_endpoint {
         None => None,
@@ -98,4 +103,16 @@ pub fn init(config: &TelemetryConfig<'_>) -> Result<Telemetry, TelemetryError> {
             .try_init(),
     };
     Ok(Telemetry { provider })
+}
+
+/// Records the span's OpenTelemetry trace and span ids into its `trace_id` and `span_id`
+/// fields, so the log lines inside it carry them (when spans are exported).
+pub fn record_trace_ids(span: &tracing::Span) {
+    let context = span.context();
+    let otel_span = context.span();
+    let ids = otel_span.span_context();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
 }

@@ -46,8 +46,13 @@ fn compose_has_every_service_with_health_and_storage() {
             "api",
             "prometheus",
             "grafana",
-            "postgres-exporter"
+            "postgres-exporter",
+            "jaeger"
         ])
+    );
+    assert_eq!(
+        compose["services"]["jaeger"]["profiles"][0], "tracing",
+        "Jaeger runs only when asked for"
     );
     for service in ["postgres", "api", "prometheus", "grafana"] {
         assert!(

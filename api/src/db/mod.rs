@@ -5,7 +5,7 @@ mod observe;
 mod operation;
 pub mod postgres;
 
-pub use observe::{ErrorKind, Failure, observe, record_not_found};
+pub use observe::{Call, ErrorKind, Failure, observe, record_not_found};
 pub use operation::Operation;
 pub use postgres::Pipelines;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 pub use observability::db::ErrorKind;
 use observability::db::{record_error, record_query};
-use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, SqlErr, sqlx};
+use sea_orm::{ConnAcquireErr, DbBackend, DbErr, RuntimeErr, SqlErr, sqlx};
 use tracing::Instrument;
 
 use super::Operation;
@@ -46,15 +46,51 @@ impl Failure for super::postgres::PgError {
     }
 }
 
-/// Runs one database call inside a span, times it, and classifies its failure.
+/// What a database call runs, for its span.
+pub struct Call<'a> {
+    pub operation: Operation,
+    pub backend: DbBackend,
+    /// The table: `db.collection.name`.
+    pub collection: &'static str,
+    /// The statement with its placeholders, never its values.
+    pub sql: &'a str,
+}
+
+/// Runs one database call inside a span (OpenTelemetry's database client conventions), times
+/// it, and classifies its failure.
 pub async fn observe<T, E: Failure>(
-    operation: Operation,
-    call: impl Future<Output = Result<T, E>>,
+    call: Call<'_>,
+    future: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ErrorKind> {
+    let Call {
+        operation,
+        backend,
+        collection,
+        sql,
+    } = call;
     let name = operation.as_str();
-    let span = tracing::info_span!("db.query", db.operation = name);
+    let verb = operation.sql_verb();
+    let span = tracing::info_span!(
+        "db.client.query",
+        otel.name = %format_args!("{verb} {collection}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        db.system.name = match backend {
+            DbBackend::Postgres => "postgresql",
+            DbBackend::Sqlite => "sqlite",
+            _ => "other_sql",
+        },
+        db.operation.name = verb,
+        db.collection.name = collection,
+        db.query.text = sql,
+        user_service.operation = name,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    observability::telemetry::record_trace_ids(&span);
     let started = Instant::now();
-    let result = call.instrument(span).await;
+    let result = future.instrument(span.clone()).await;
     let elapsed = started.elapsed();
     match result {
         Ok(value) => {
@@ -63,8 +99,10 @@ pub async fn observe<T, E: Failure>(
         }
         Err(error) => {
             let kind = error.kind();
+            span.record("otel.status_code", "error");
+            span.record("error.type", kind.as_str());
             record_query(name, elapsed, Some(kind));
-            log_failure(name, kind, &error, elapsed);
+            span.in_scope(|| log_failure(name, kind, &error, elapsed));
             Err(kind)
         }
     }

@@ -29,6 +29,20 @@ impl Operation {
         self.into()
     }
 
+    /// The SQL statement kind it runs: OpenTelemetry's `db.operation.name`.
+    pub fn sql_verb(self) -> &'static str {
+        match self {
+            Operation::CreateUser => "INSERT",
+            Operation::FindUserById
+            | Operation::FindUserByEmail
+            | Operation::ListUsers
+            | Operation::ListUsersUpdatedSince
+            | Operation::UserVersion => "SELECT",
+            Operation::UpdateUser => "UPDATE",
+            Operation::DeleteUser => "DELETE",
+        }
+    }
+
     /// Registers every (operation, kind) error counter at 0, so dashboards and alerts read 0
     /// rather than "no data" before the first error.
     pub fn register_all() {

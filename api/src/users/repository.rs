@@ -10,15 +10,16 @@ use sea_orm::sea_query::{
     Expr, ExprTrait, Func, PostgresQueryBuilder, Query, UpdateStatement, Value,
 };
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbBackend, DeleteMany, EntityTrait, IdenStatic, Insert,
-    Iterable, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
+    ColumnTrait, DatabaseConnection, DbBackend, DeleteMany, EntityName, EntityTrait, IdenStatic,
+    Insert, Iterable, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
+    UpdateMany,
 };
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::cursor::{Cursor, Order};
 use crate::db::postgres::PgError;
-use crate::db::{Database, ErrorKind, Operation, Pipelines, observe, record_not_found};
+use crate::db::{Call, Database, ErrorKind, Operation, Pipelines, observe, record_not_found};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -255,6 +256,16 @@ impl UserRepository {
         }
     }
 
+    /// What a statement runs, for its span.
+    fn call<'a>(&self, operation: Operation, sql: &'a str) -> Call<'a> {
+        Call {
+            operation,
+            backend: self.backend(),
+            collection: Users.table_name(),
+            sql,
+        }
+    }
+
     pub async fn create(&self, new: NewUser) -> Result<users::Model, RepoError> {
         let now = now();
         let user = users::Model {
@@ -271,10 +282,13 @@ impl UserRepository {
         match &self.pg {
             Some(pg) => {
                 let statement = insert.build(DbBackend::Postgres);
-                observe(operation, pg.execute(&statement.sql, values(&statement))).await?;
+                let call = self.call(operation, &statement.sql);
+                observe(call, pg.execute(&statement.sql, values(&statement))).await?;
             }
             None => {
-                observe(operation, insert.exec_without_returning(&self.orm)).await?;
+                let statement = insert.build(self.backend());
+                let call = self.call(operation, &statement.sql);
+                observe(call, insert.exec_without_returning(&self.orm)).await?;
             }
         }
         Ok(user)
@@ -313,7 +327,8 @@ impl UserRepository {
             Some(pg) if query.name_prefix.is_some() => {
                 let statement = select.build(DbBackend::Postgres);
                 let rows = pg.query_unprepared(&statement.sql, values(&statement));
-                observe(query.operation(), async { users_of(rows.await?) }).await?
+                let call = self.call(query.operation(), &statement.sql);
+                observe(call, async { users_of(rows.await?) }).await?
             }
             _ => self.select(query.operation(), select).await?,
         };
@@ -335,9 +350,13 @@ impl UserRepository {
             Some(pg) => {
                 let statement = select.build(DbBackend::Postgres);
                 let rows = pg.query(&statement.sql, values(&statement));
-                observe(operation, async { users_of(rows.await?) }).await
+                let call = self.call(operation, &statement.sql);
+                observe(call, async { users_of(rows.await?) }).await
             }
-            None => observe(operation, select.all(&self.orm)).await,
+            None => {
+                let statement = select.build(self.backend());
+                observe(self.call(operation, &statement.sql), select.all(&self.orm)).await
+            }
         }
     }
 
@@ -368,11 +387,14 @@ impl UserRepository {
                 let statement = statements::update_returning(id, changes, versions, now())
                     .build(PostgresQueryBuilder);
                 let rows = pg.query(&statement.0, &statement.1.0);
-                observe(operation, async { users_of(rows.await?) }).await?
+                let call = self.call(operation, &statement.0);
+                observe(call, async { users_of(rows.await?) }).await?
             }
             None => {
                 let update = statements::update(id, changes, versions, now());
-                observe(operation, update.exec_with_returning(&self.orm)).await?
+                let statement = update.clone().build(self.backend());
+                let call = self.call(operation, &statement.sql);
+                observe(call, update.exec_with_returning(&self.orm)).await?
             }
         };
         match updated.into_iter().next() {
@@ -394,12 +416,13 @@ impl UserRepository {
         let deleted = match &self.pg {
             Some(pg) => {
                 let statement = delete.build(DbBackend::Postgres);
-                observe(operation, pg.execute(&statement.sql, values(&statement))).await?
+                let call = self.call(operation, &statement.sql);
+                observe(call, pg.execute(&statement.sql, values(&statement))).await?
             }
             None => {
-                observe(operation, delete.exec(&self.orm))
-                    .await?
-                    .rows_affected
+                let statement = delete.build(self.backend());
+                let call = self.call(operation, &statement.sql);
+                observe(call, delete.exec(&self.orm)).await?.rows_affected
             }
         };
         if deleted == 1 {
@@ -416,7 +439,7 @@ impl UserRepository {
         let found = match &self.pg {
             Some(pg) => {
                 let statement = select.build(DbBackend::Postgres);
-                observe(operation, async {
+                observe(self.call(operation, &statement.sql), async {
                     Ok::<_, PgError>(
                         !pg.query(&statement.sql, values(&statement))
                             .await?
@@ -425,9 +448,13 @@ impl UserRepository {
                 })
                 .await
             }
-            None => observe(operation, select.into_tuple::<i64>().one(&self.orm))
-                .await
-                .map(|version| version.is_some()),
+            None => {
+                let statement = select.build(self.backend());
+                let call = self.call(operation, &statement.sql);
+                observe(call, select.into_tuple::<i64>().one(&self.orm))
+                    .await
+                    .map(|version| version.is_some())
+            }
         };
         match found {
             Ok(true) => RepoError::VersionMismatch,

@@ -15,5 +15,6 @@ mod otlp;
 mod security;
 mod shutdown;
 mod startup;
+mod traces;
 mod unavailable;
 mod users_api;
