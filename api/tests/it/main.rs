@@ -1,5 +1,6 @@
-//! The api's integration tests, one binary: each module is one area of the contract. (The
-//! PostgreSQL restart test is a binary of its own: it stops the server every other test uses.)
+//! The api's integration tests, one binary: each module is one area of the contract. Apart:
+//! the PostgreSQL restart (it stops the server every other test uses), and the tests that read
+//! the process-wide metrics recorder (pool gauges, observability).
 
 #[macro_use]
 mod common;
@@ -9,7 +10,6 @@ mod explain;
 mod fuzz;
 mod hostile;
 mod migrations;
-mod observability;
 mod openapi;
 mod otlp;
 mod security;

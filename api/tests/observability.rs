@@ -1,6 +1,11 @@
 //! What an on-call engineer sees is true: the metric names of docs/architecture.md on the admin
 //! listener only, route templates rather than raw paths, no personal data in metrics or logs, and
 //! every dashboard query answered with data by a real Prometheus scraping the real service.
+//! (Its own test binary: the metrics recorder is process-wide, and the other tests' apps would
+//! add their series.)
+
+#[path = "it/common/mod.rs"]
+mod common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -8,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::common::{Backend, TestDb, eventually, free_port, percent_encode, test_config};
+use common::{Backend, TestDb, eventually, free_port, percent_encode, test_config};
 use poem::test::TestClient;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
