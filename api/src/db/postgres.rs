@@ -258,23 +258,30 @@ impl Pipelines {
     /// pipeline is full, a new connection (up to `DB_MAX_CONNECTIONS`); when none can be
     /// opened, a wait for a place.
     async fn lease(&self) -> Result<(&Slot, Lease), PgError> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let count = self.slots.len();
-        let mut unopened = None;
-        for offset in 0..count {
-            let slot = &self.slots[(start + offset) % count];
-            let connection = match slot.current.load_full() {
-                Some(connection) if !connection.client.is_closed() => connection,
-                _ => {
-                    unopened.get_or_insert(slot);
-                    continue;
-                }
+        let is_open = |slot: &&Slot| {
+            slot.current
+                .load()
+                .as_ref()
+                .is_some_and(|connection| !connection.client.is_closed())
+        };
+        let open_slots = || self.slots.iter().filter(is_open);
+        // Round robin over the open connections (not over the slots: with most slots empty,
+        // that sent nearly everything to the first open one; bench/RESULTS.md).
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % open_slots().count().max(1);
+        for slot in open_slots().skip(start).chain(open_slots().take(start)) {
+            let Some(connection) = slot.current.load_full() else {
+                continue;
             };
             if let Ok(place) = Arc::clone(&connection.pipeline).try_acquire_owned() {
                 return self.lend(slot, connection, place).await;
             }
         }
-        let slot = unopened.unwrap_or(&self.slots[start % count]);
+        let slot = self
+            .slots
+            .iter()
+            .find(|slot| !is_open(slot))
+            .or_else(|| open_slots().nth(start))
+            .unwrap_or(&self.slots[0]);
         let connection = match slot.current.load_full() {
             Some(connection) if !connection.client.is_closed() => connection,
             _ => self.open(slot).await?,

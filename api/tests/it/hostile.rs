@@ -2,107 +2,42 @@
 //! are closed by their timeouts, connections beyond the cap wait in the backlog, and running out
 //! of descriptors makes the listener back off, not spin. Real sockets against the real binary.
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-use crate::common::{eventually, free_port};
+use crate::common::binary::{Binary, exchange};
+use crate::common::eventually;
 
+/// The binary on its own SQLite database.
 struct Service {
-    child: Child,
-    public: SocketAddr,
-    admin: SocketAddr,
+    binary: Binary,
     _dir: tempfile::TempDir,
 }
 
 impl Service {
-    /// The binary on its own SQLite database, with `env`; `ulimit` runs it under that
-    /// `ulimit` argument (e.g. `-n 96`).
     async fn start(env: &[(&str, &str)], ulimit: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let binary = env!("CARGO_BIN_EXE_api");
-        let mut command = match ulimit {
-            Some(limit) => {
-                let mut command = Command::new("sh");
-                command.args(["-c", &format!("ulimit {limit} && exec \"$0\""), binary]);
-                command
-            }
-            None => Command::new(binary),
-        };
-        command
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}/users.db?mode=rwc", dir.path().display()),
-            )
-            .env("HTTP_ADDR", public.to_string())
-            .env("ADMIN_ADDR", admin.to_string())
-            .env("LOG_FORMAT", "json")
-            .env("API_TOKENS", "")
-            .env("RATE_LIMIT_PER_SECOND", "")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let child = command.spawn().unwrap();
-        for _ in 0..300 {
-            if TcpStream::connect(public).await.is_ok() {
-                return Self {
-                    child,
-                    public,
-                    admin,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let url = format!("sqlite://{}/users.db?mode=rwc", dir.path().display());
+        Self {
+            binary: Binary::start(&url, env, ulimit).await,
+            _dir: dir,
         }
-        panic!("the service did not start");
-    }
-
-    async fn metrics(&self) -> String {
-        exchange(
-            self.admin,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .expect("scrape")
     }
 
     async fn counter(&self, series: &str) -> f64 {
-        let metrics = self.metrics().await;
+        let metrics = exchange(
+            self.binary.admin,
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("scrape");
         metrics
             .lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
     }
-
-    /// The log lines so far, after stopping the service.
-    async fn stop(mut self) -> String {
-        self.child.kill().await.unwrap();
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .await
-            .unwrap();
-        out
-    }
-}
-
-/// Sends `request` on a new connection and reads until the server closes it.
-async fn exchange(addr: SocketAddr, request: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 const LIVE: &str = "GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
@@ -138,7 +73,7 @@ async fn stalled_heads_are_closed_within_the_header_timeout() {
     let started = Instant::now();
     let mut stalled = Vec::new();
     for _ in 0..200 {
-        let mut stream = TcpStream::connect(service.public).await.unwrap();
+        let mut stream = TcpStream::connect(service.binary.public).await.unwrap();
         stream
             .write_all(b"GET /api/v1/users HTTP/1.1\r\nHost: x\r\n")
             .await
@@ -146,7 +81,7 @@ async fn stalled_heads_are_closed_within_the_header_timeout() {
         stalled.push(stream);
     }
     // Meanwhile everyone else is served.
-    let live = exchange(service.public, LIVE).await.unwrap();
+    let live = exchange(service.binary.public, LIVE).await.unwrap();
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
     for stream in &mut stalled {
         let sent = closed_by_server(stream, Duration::from_secs(5)).await;
@@ -166,7 +101,7 @@ async fn stalled_heads_are_closed_within_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_is_answered_408_and_never_reaches_the_handler() {
     let service = Service::start(&[("HTTP_REQUEST_TIMEOUT_SECS", "1")], None).await;
-    let mut stream = TcpStream::connect(service.public).await.unwrap();
+    let mut stream = TcpStream::connect(service.binary.public).await.unwrap();
     let body = r#"{"email":"slow@example.com","name":"Slow"}"#;
     let head = format!(
         "POST /api/v1/users HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -185,7 +120,7 @@ async fn a_trickled_body_is_answered_408_and_never_reaches_the_handler() {
     // The rest of the body changes nothing now.
     let _ = stream.write_all(&body.as_bytes()[10..]).await;
     let list = exchange(
-        service.public,
+        service.binary.public,
         "GET /api/v1/users HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .await
@@ -211,7 +146,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
         None,
     )
     .await;
-    let mut stream = TcpStream::connect(service.public).await.unwrap();
+    let mut stream = TcpStream::connect(service.binary.public).await.unwrap();
     for _ in 0..2 {
         // Two requests on one connection: keep-alive works before it idles out.
         stream
@@ -237,7 +172,7 @@ async fn beyond_the_cap_connections_wait_and_are_served_when_the_flood_ends() {
     // The four connections the service holds: kept alive, and served throughout.
     let mut held = Vec::new();
     for _ in 0..4 {
-        let mut stream = TcpStream::connect(service.public).await.unwrap();
+        let mut stream = TcpStream::connect(service.binary.public).await.unwrap();
         stream
             .write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
@@ -250,7 +185,7 @@ async fn beyond_the_cap_connections_wait_and_are_served_when_the_flood_ends() {
     assert_eq!(service.counter("http_server_open_connections").await, 4.0);
     // More clients: they connect (the kernel's backlog) but wait to be accepted.
     let flood: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(exchange(service.public, LIVE)))
+        .map(|_| tokio::spawn(exchange(service.binary.public, LIVE)))
         .collect();
     for stream in &mut held {
         stream
@@ -293,12 +228,15 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_listener_backs_off_says_so_once_and_recovers() {
     let service = Service::start(&[], Some("-n 96")).await;
-    let pid = service.child.id().unwrap();
+    let pid = service.binary.pid();
     // More connections than descriptors: accept fails with EMFILE for the rest.
     let mut flood = Vec::new();
     for _ in 0..160 {
-        if let Ok(Ok(stream)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(service.public)).await
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            TcpStream::connect(service.binary.public),
+        )
+        .await
         {
             flood.push(stream);
         }
@@ -311,7 +249,7 @@ async fn out_of_descriptors_the_listener_backs_off_says_so_once_and_recovers() {
     let cpu = cpu_seconds(pid) - cpu_before;
     assert!(cpu < 0.5, "the listener spun: {cpu} s of CPU in 2 s");
     drop(flood);
-    let service_addr = service.public;
+    let service_addr = service.binary.public;
     eventually("the service serves again", 10, || async move {
         exchange(service_addr, LIVE)
             .await
@@ -320,7 +258,7 @@ async fn out_of_descriptors_the_listener_backs_off_says_so_once_and_recovers() {
     .await;
     let errors = service.counter("http_server_accept_errors_total").await;
     assert!(errors >= 1.0, "{errors}");
-    let log = service.stop().await;
+    let log = service.binary.kill().await;
     assert!(log_has_the_warning(&log), "{log}");
     assert_eq!(
         log.matches("cannot accept connections").count(),
@@ -332,8 +270,7 @@ async fn out_of_descriptors_the_listener_backs_off_says_so_once_and_recovers() {
 #[tokio::test]
 async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
     let service = Service::start(&[], Some("-Sn 256")).await;
-    let limits =
-        std::fs::read_to_string(format!("/proc/{}/limits", service.child.id().unwrap())).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", service.binary.pid())).unwrap();
     let line = limits
         .lines()
         .find(|line| line.starts_with("Max open files"))

@@ -5,7 +5,6 @@
 //! attribute; a 503 marks the span as an error; log lines carry the trace and span ids.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -19,11 +18,10 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use sea_orm::sqlx::{Connection, Executor, PgConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use crate::common::binary::{Binary, exchange};
 use crate::common::{Backend, TestDb, free_port};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -62,61 +60,18 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceReques
     (format!("http://{addr}"), received)
 }
 
-async fn start(database_url: &str, otlp: &str, extra: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_api"))
-        .env("DATABASE_URL", database_url)
-        .env("HTTP_ADDR", public.to_string())
-        .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info,observability::http=debug")
-        .env("API_TOKENS", "")
-        .env("RATE_LIMIT_PER_SECOND", "")
-        .envs(extra.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..300 {
-        if TcpStream::connect(public).await.is_ok() {
-            return (child, public);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the service did not start");
+/// The binary exporting to `otlp`, logging its requests.
+async fn start(database_url: &str, otlp: &str, extra: &[(&str, &str)]) -> Binary {
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        ("RUST_LOG", "info,observability::http=debug"),
+    ];
+    env.extend_from_slice(extra);
+    Binary::start(database_url, &env, None).await
 }
 
 async fn http(public: SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(public).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
-/// SIGTERM, then the log lines it wrote (the exporter flushes at shutdown).
-async fn stop(mut child: Child) -> String {
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits in time")
-        .unwrap();
-    assert!(status.success(), "{status}");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    out
+    exchange(public, request).await.unwrap()
 }
 
 /// Every span received so far.
@@ -171,7 +126,8 @@ on_both_backends!(spans_continue_the_callers_trace_with_the_conventions);
 async fn spans_continue_the_callers_trace_with_the_conventions(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (otlp, mut received) = receiver().await;
-    let (child, public) = start(db.url(), &otlp, &[]).await;
+    let service = start(db.url(), &otlp, &[]).await;
+    let public = service.public;
     let body = r#"{"email":"TRACE.CANARY@example.com","name":"Canary Tracename"}"#;
     let created = http(
         public,
@@ -186,7 +142,7 @@ async fn spans_continue_the_callers_trace_with_the_conventions(backend: Backend)
     let id = created.split(r#""id":""#).nth(1).unwrap()[..36].to_owned();
     let fetched = http(public, &traced_get(&format!("/api/v1/users/{id}"))).await;
     assert!(fetched.starts_with("HTTP/1.1 200"), "{fetched}");
-    let logs = stop(child).await;
+    let logs = service.stop().await;
     let spans = spans(&mut received).await;
 
     // The request span: a child of the caller's span, in the caller's trace.
@@ -266,7 +222,8 @@ async fn spans_continue_the_callers_trace_with_the_conventions(backend: Backend)
 async fn a_503_marks_the_request_and_database_spans_as_errors() {
     let db = TestDb::new(Backend::Postgres).await;
     let (otlp, mut received) = receiver().await;
-    let (child, public) = start(db.url(), &otlp, &[("DB_STATEMENT_TIMEOUT_MS", "200")]).await;
+    let service = start(db.url(), &otlp, &[("DB_STATEMENT_TIMEOUT_MS", "200")]).await;
+    let public = service.public;
     let mut locker = PgConnection::connect(db.url()).await.unwrap();
     locker.execute("BEGIN").await.unwrap();
     locker
@@ -276,7 +233,7 @@ async fn a_503_marks_the_request_and_database_spans_as_errors() {
     let response = http(public, &traced_get("/api/v1/users")).await;
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
     locker.execute("ROLLBACK").await.unwrap();
-    stop(child).await;
+    service.stop().await;
     let spans = spans(&mut received).await;
     let server = spans
         .iter()

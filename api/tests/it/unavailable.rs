@@ -8,6 +8,18 @@ use crate::common::{Backend, TestApp, admin_connection, assert_problem};
 use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::{self, Connection, Executor};
 
+/// A transaction holding `users` in ACCESS EXCLUSIVE mode: every statement on it waits until
+/// `ROLLBACK` on the returned connection.
+async fn lock_users(url: &str) -> sqlx::PgConnection {
+    let mut locker = sqlx::PgConnection::connect(url).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
 /// The pool is exhausted when every connection's pipeline is full (here one connection, its
 /// statements blocked by a table lock) and no other may open: a request then waits the acquire
 /// timeout for a place and gets 503, instead of queueing without bound.
@@ -26,12 +38,7 @@ async fn an_exhausted_pool_answers_503_after_the_acquire_timeout() {
     let user = app.create_ok("held@example.com", "Held").await;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
 
-    let mut locker = sqlx::PgConnection::connect(app.db.url()).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let mut locker = lock_users(app.db.url()).await;
     // One request more than the pipeline holds: whichever finds no place waits the acquire
     // timeout and gets 503; the others stay blocked until the lock goes.
     let endpoint = app.app.endpoint();
@@ -87,12 +94,7 @@ async fn a_statement_past_the_timeout_answers_503() {
     let user = app.create_ok("locked@example.com", "Locked").await;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
 
-    let mut locker = sqlx::PgConnection::connect(app.db.url()).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let mut locker = lock_users(app.db.url()).await;
     let started = Instant::now();
     let response = app.client.get(&path).send().await;
     assert!(
@@ -178,12 +180,7 @@ async fn a_handler_past_the_request_timeout_answers_503_and_its_work_is_dropped(
     let user = app.create_ok("slow@example.com", "Slow").await;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
 
-    let mut locker = sqlx::PgConnection::connect(app.db.url()).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let mut locker = lock_users(app.db.url()).await;
     let started = Instant::now();
     let response = app.client.get(&path).send().await;
     let waited = started.elapsed();

@@ -1,0 +1,108 @@
+//! The real api binary, started on its own ports, for tests that need a process: signals,
+//! sockets, logs, resource limits.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use super::free_port;
+
+pub struct Binary {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Binary {
+    /// Starts the binary on `database_url` with `env`, JSON logs on stdout, and neither tokens
+    /// nor a rate limit (set, so a developer's `.env` cannot configure them) unless `env` does;
+    /// `ulimit` runs it under that `ulimit` argument (e.g. `-n 96`). Returns once it listens.
+    pub async fn start(database_url: &str, env: &[(&str, &str)], ulimit: Option<&str>) -> Self {
+        let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let binary = env!("CARGO_BIN_EXE_api");
+        let mut command = match ulimit {
+            Some(limit) => {
+                let mut command = Command::new("sh");
+                command.args(["-c", &format!("ulimit {limit} && exec \"$0\""), binary]);
+                command
+            }
+            None => Command::new(binary),
+        };
+        command
+            .env("DATABASE_URL", database_url)
+            .env("HTTP_ADDR", public.to_string())
+            .env("ADMIN_ADDR", admin.to_string())
+            .env("LOG_FORMAT", "json")
+            .env("SHUTDOWN_GRACE_SECS", "5")
+            .env("API_TOKENS", "")
+            .env("RATE_LIMIT_PER_SECOND", "")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().unwrap();
+        for _ in 0..300 {
+            if TcpStream::connect(public).await.is_ok() {
+                return Self {
+                    child,
+                    public,
+                    admin,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service did not start");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// SIGTERM, a clean exit without a panic, and the log lines it wrote.
+    pub async fn stop(mut self) -> String {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap();
+        let (stdout, stderr) = self.output().await;
+        assert!(status.success(), "{status}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stdout
+    }
+
+    /// Kills it; the log lines it wrote.
+    pub async fn kill(mut self) -> String {
+        self.child.kill().await.unwrap();
+        self.output().await.0
+    }
+
+    async fn output(&mut self) -> (String, String) {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout).await.unwrap();
+        }
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_string(&mut stderr).await.unwrap();
+        }
+        (stdout, stderr)
+    }
+}
+
+/// Sends `request` on a new connection and reads until the server closes it.
+pub async fn exchange(addr: SocketAddr, request: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
