@@ -4,8 +4,8 @@
 #[path = "it/common/mod.rs"]
 mod common;
 
-use common::{Backend, TestDb, eventually, test_config};
-use sea_orm::sqlx::{Connection, Executor, PgConnection};
+use common::{Backend, TestDb, eventually, lock_users, test_config};
+use sea_orm::sqlx::Executor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -73,12 +73,7 @@ async fn a_scrape_sees_the_pool_as_it_is_now() {
     assert_eq!(gauge(&before, "database_pool_connections_active"), 0.0);
     assert_eq!(gauge(&before, "database_pool_connections_idle"), 2.0);
 
-    let mut locker = PgConnection::connect(db.url()).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let mut locker = lock_users(db.url()).await;
     let blocked: Vec<_> = (0..4)
         .map(|_| tokio::spawn(get(public, "/api/v1/users")))
         .collect();

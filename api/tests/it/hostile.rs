@@ -42,6 +42,17 @@ impl Service {
 
 const LIVE: &str = "GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 
+/// A keep-alive request on `stream`, answered 200.
+async fn assert_live_on(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}
+
 /// Waits for the server to close `stream` (end of stream or reset), at most `within`; the
 /// bytes it sent first are returned.
 async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
@@ -149,13 +160,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let mut stream = TcpStream::connect(service.binary.public).await.unwrap();
     for _ in 0..2 {
         // Two requests on one connection: keep-alive works before it idles out.
-        stream
-            .write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert_live_on(&mut stream).await;
     }
     let idle_since = Instant::now();
     closed_by_server(&mut stream, Duration::from_secs(5)).await;
@@ -173,13 +178,7 @@ async fn beyond_the_cap_connections_wait_and_are_served_when_the_flood_ends() {
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut stream = TcpStream::connect(service.binary.public).await.unwrap();
-        stream
-            .write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert_live_on(&mut stream).await;
         held.push(stream);
     }
     assert_eq!(service.counter("http_server_open_connections").await, 4.0);
@@ -188,16 +187,8 @@ async fn beyond_the_cap_connections_wait_and_are_served_when_the_flood_ends() {
         .map(|_| tokio::spawn(exchange(service.binary.public, LIVE)))
         .collect();
     for stream in &mut held {
-        stream
-            .write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "held connections keep being served"
-        );
+        // Held connections keep being served.
+        assert_live_on(stream).await;
     }
     assert!(flood.iter().all(|waiting| !waiting.is_finished()));
     assert_eq!(service.counter("http_server_open_connections").await, 4.0);

@@ -17,12 +17,12 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use sea_orm::sqlx::{Connection, Executor, PgConnection};
+use sea_orm::sqlx::Executor;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::common::binary::{Binary, exchange};
-use crate::common::{Backend, TestDb, free_port};
+use crate::common::{Backend, TestDb, free_port, lock_users};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -224,12 +224,7 @@ async fn a_503_marks_the_request_and_database_spans_as_errors() {
     let (otlp, mut received) = receiver().await;
     let service = start(db.url(), &otlp, &[("DB_STATEMENT_TIMEOUT_MS", "200")]).await;
     let public = service.public;
-    let mut locker = PgConnection::connect(db.url()).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let mut locker = lock_users(db.url()).await;
     let response = http(public, &traced_get("/api/v1/users")).await;
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
     locker.execute("ROLLBACK").await.unwrap();

@@ -4,21 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Backend, TestApp, admin_connection, assert_problem};
+use crate::common::{Backend, TestApp, admin_connection, assert_problem, lock_users};
 use sea_orm::ConnectionTrait;
-use sea_orm::sqlx::{self, Connection, Executor};
-
-/// A transaction holding `users` in ACCESS EXCLUSIVE mode: every statement on it waits until
-/// `ROLLBACK` on the returned connection.
-async fn lock_users(url: &str) -> sqlx::PgConnection {
-    let mut locker = sqlx::PgConnection::connect(url).await.unwrap();
-    locker.execute("BEGIN").await.unwrap();
-    locker
-        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    locker
-}
+use sea_orm::sqlx::{self, Executor};
 
 /// The pool is exhausted when every connection's pipeline is full (here one connection, its
 /// statements blocked by a table lock) and no other may open: a request then waits the acquire

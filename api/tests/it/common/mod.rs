@@ -298,6 +298,18 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A transaction holding `users` in ACCESS EXCLUSIVE mode on the database at `url`: every
+/// statement on the table waits until `ROLLBACK` on the returned connection.
+pub async fn lock_users(url: &str) -> PgConnection {
+    let mut locker = PgConnection::connect(url).await.expect("connect");
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
 /// A free local port (bound, read, released) for a process the test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
