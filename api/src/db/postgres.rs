@@ -123,6 +123,15 @@ struct Slot {
     opening: Mutex<()>,
 }
 
+impl Slot {
+    /// The slot's connection, unless it is empty or the server closed it.
+    fn connection(&self) -> Option<Arc<Connection>> {
+        self.current
+            .load_full()
+            .filter(|connection| !connection.client.is_closed())
+    }
+}
+
 pub struct Pipelines {
     slots: Box<[Slot]>,
     next: AtomicUsize,
@@ -258,20 +267,15 @@ impl Pipelines {
     /// pipeline is full, a new connection (up to `DB_MAX_CONNECTIONS`); when none can be
     /// opened, a wait for a place.
     async fn lease(&self) -> Result<(&Slot, Lease), PgError> {
-        let is_open = |slot: &&Slot| {
-            slot.current
-                .load()
-                .as_ref()
-                .is_some_and(|connection| !connection.client.is_closed())
+        let open_slots = || {
+            self.slots
+                .iter()
+                .filter_map(|slot| Some((slot, slot.connection()?)))
         };
-        let open_slots = || self.slots.iter().filter(is_open);
         // Round robin over the open connections (not over the slots: with most slots empty,
         // that sent nearly everything to the first open one; bench/RESULTS.md).
         let start = self.next.fetch_add(1, Ordering::Relaxed) % open_slots().count().max(1);
-        for slot in open_slots().skip(start).chain(open_slots().take(start)) {
-            let Some(connection) = slot.current.load_full() else {
-                continue;
-            };
+        for (slot, connection) in open_slots().skip(start).chain(open_slots().take(start)) {
             if let Ok(place) = Arc::clone(&connection.pipeline).try_acquire_owned() {
                 return self.lend(slot, connection, place).await;
             }
@@ -279,12 +283,12 @@ impl Pipelines {
         let slot = self
             .slots
             .iter()
-            .find(|slot| !is_open(slot))
-            .or_else(|| open_slots().nth(start))
+            .find(|slot| slot.connection().is_none())
+            .or_else(|| open_slots().nth(start).map(|(slot, _)| slot))
             .unwrap_or(&self.slots[0]);
-        let connection = match slot.current.load_full() {
-            Some(connection) if !connection.client.is_closed() => connection,
-            _ => self.open(slot).await?,
+        let connection = match slot.connection() {
+            Some(connection) => connection,
+            None => self.open(slot).await?,
         };
         let place = Arc::clone(&connection.pipeline)
             .acquire_owned()
@@ -331,9 +335,7 @@ impl Pipelines {
     /// Opens the slot's connection unless another task just did.
     async fn open(&self, slot: &Slot) -> Result<Arc<Connection>, PgError> {
         let _opening = slot.opening.lock().await;
-        if let Some(connection) = slot.current.load_full()
-            && !connection.client.is_closed()
-        {
+        if let Some(connection) = slot.connection() {
             return Ok(connection);
         }
         let (client, driver) = self.config.connect(NoTls).await?;
@@ -392,9 +394,7 @@ impl Pipelines {
     pub fn state(&self) -> PoolState {
         let (mut active, mut idle) = (0, 0);
         for slot in self.slots.iter() {
-            if let Some(connection) = slot.current.load_full()
-                && !connection.client.is_closed()
-            {
+            if let Some(connection) = slot.connection() {
                 if connection.busy() {
                     active += 1;
                 } else {
