@@ -39,6 +39,8 @@ pub struct Config {
 pub struct PoolConfig {
     pub max_connections: u32,
     pub min_connections: u32,
+    /// PostgreSQL: how many of the connections carry reads; writes go to the others.
+    pub read_connections: u32,
     pub acquire_timeout: Duration,
     /// `None` keeps idle connections open forever.
     pub idle_timeout: Option<Duration>,
@@ -101,6 +103,7 @@ impl Config {
                 expected: format!("at most DB_MAX_CONNECTIONS ({max_connections})"),
             });
         }
+        let read_connections = env.number("DB_READ_CONNECTIONS", 1, 1, 10_000)?;
         let test_idle = env.secs("DB_TEST_IDLE_SECS", 30, 0)?;
         let health_check = match env.raw("DB_TEST_BEFORE_ACQUIRE").as_deref() {
             None | Some("idle") => HealthCheck::IfIdleFor(test_idle),
@@ -118,6 +121,7 @@ impl Config {
         let pool = PoolConfig {
             max_connections,
             min_connections,
+            read_connections,
             acquire_timeout: env.secs("DB_ACQUIRE_TIMEOUT_SECS", 3, 1)?,
             idle_timeout: nonzero(env.secs("DB_IDLE_TIMEOUT_SECS", 600, 0)?),
             max_lifetime: nonzero(env.secs("DB_MAX_LIFETIME_SECS", 1800, 0)?),

@@ -5,6 +5,7 @@
 mod data;
 mod explain;
 mod load;
+mod postgres;
 mod report;
 mod scenarios;
 mod seed;
@@ -21,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use sea_orm::sqlx::{self, Connection, Executor, PgConnection};
 
 use crate::load::Measured;
+use crate::postgres::Settings;
 use crate::scenarios::Scenario;
 use crate::service::Service;
 
@@ -108,11 +110,12 @@ struct RunArgs {
     /// Client connections of the overload check (get by id, shipped settings); 0 to skip.
     #[arg(long, default_value_t = 256)]
     high_connections: u32,
-    /// Configurations, in order: before, plan1, tuned, pool-N.
+    /// Configurations, in order: before, plan1, tuned, tuned-pg, pool-N, or the name of a
+    /// `--build`.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
-    /// Connection counts to sweep (get by id, create and mix, with the shipped settings); empty
-    /// to skip.
+    /// Connections per lane to sweep (N for reads and N for writes; get by id, create and mix,
+    /// with the shipped settings otherwise); empty to skip.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     sweep: Vec<u32>,
     /// Only these scenarios (default: all).
@@ -121,9 +124,10 @@ struct RunArgs {
     /// The release api binary (built first with `cargo build --release -p api`).
     #[arg(long, default_value = "target/release/api")]
     binary: PathBuf,
-    /// Another build, for the `baseline` configuration.
-    #[arg(long)]
-    baseline_binary: Option<PathBuf>,
+    /// Another build as a configuration of its own, `NAME=PATH` (repeatable): the shipped
+    /// defaults on that binary, e.g. the commit before a data-path change.
+    #[arg(long = "build", value_parser = parse_build)]
+    builds: Vec<(String, PathBuf)>,
     /// Where RESULTS.md and results.svg go.
     #[arg(long, default_value = "bench")]
     out: PathBuf,
@@ -178,12 +182,21 @@ async fn seed_both(common: &Common) -> Result<()> {
     .await
 }
 
+fn parse_build(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected NAME=PATH"))?;
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
 /// A named configuration: which database, which environment, which binary.
 pub struct Config {
     pub name: String,
     pub indexed: bool,
+    /// What PostgreSQL runs with while this configuration is measured.
+    pub postgres: Settings,
     pub env: Vec<(String, String)>,
-    /// Another build of the service (`baseline`: `--baseline-binary`); `None`: `--binary`.
+    /// Another build of the service (`--build`); `None`: `--binary`.
     pub binary: Option<PathBuf>,
 }
 
@@ -194,11 +207,21 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
+    if let Some((_, binary)) = run.builds.iter().find(|(build, _)| build == name) {
+        return Ok(Config {
+            name: name.into(),
+            indexed: true,
+            postgres: Settings::Server,
+            env: Vec::new(),
+            binary: Some(binary.clone()),
+        });
+    }
     Ok(match name {
         // The service as it was: default pool of 10, no indexes, a ping before every checkout.
         "before" => Config {
             name: name.into(),
             indexed: false,
+            postgres: Settings::Server,
             binary: None,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "10"),
@@ -211,6 +234,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
         "plan1" => Config {
             name: name.into(),
             indexed: true,
+            postgres: Settings::Server,
             binary: None,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "50"),
@@ -225,38 +249,40 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
         "tuned" => Config {
             name: name.into(),
             indexed: true,
+            postgres: Settings::Server,
             env: Vec::new(),
             binary: None,
         },
-        // The shipped defaults on another build (e.g. the commit before a data-path change),
-        // measured in the same run.
-        "baseline" => Config {
+        // The shipped defaults with PostgreSQL tuned as docker-compose.yml tunes it (ALTER
+        // SYSTEM and a restart of the local cluster; undone at the end of the run).
+        "tuned-pg" => Config {
             name: name.into(),
             indexed: true,
+            postgres: Settings::Compose,
             env: Vec::new(),
-            binary: Some(
-                run.baseline_binary
-                    .clone()
-                    .context("the baseline configuration needs --baseline-binary")?,
-            ),
+            binary: None,
         },
         other => match other
             .strip_prefix("pool-")
             .and_then(|n| n.parse::<u32>().ok())
         {
-            // N connections, all open: on PostgreSQL the warm connections carry the load
-            // (pipelined), so the minimum is what is measured.
+            // N connections for reads and N for writes, all open: on PostgreSQL the warm
+            // connections carry the load (pipelined), so the minimum is what is measured.
             Some(size) => Config {
                 name: name.into(),
                 indexed: true,
+                postgres: Settings::Server,
                 binary: None,
                 env: vec![
-                    ("DB_MAX_CONNECTIONS".into(), size.to_string()),
-                    ("DB_MIN_CONNECTIONS".into(), size.to_string()),
+                    ("DB_MAX_CONNECTIONS".into(), (2 * size).to_string()),
+                    ("DB_MIN_CONNECTIONS".into(), (2 * size).to_string()),
+                    ("DB_READ_CONNECTIONS".into(), size.to_string()),
                 ],
             },
             None => {
-                bail!("unknown configuration {other}: before, plan1, tuned, baseline or pool-N")
+                bail!(
+                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, pool-N or a --build name"
+                )
             }
         },
     })
@@ -268,12 +294,13 @@ pub struct Report {
     pub connections: u32,
     pub seconds: u64,
     pub rounds: usize,
-    pub configs: Vec<String>,
+    /// Each configuration's name and the PostgreSQL settings it ran on.
+    pub configs: Vec<(String, Settings)>,
     pub scenarios: Vec<String>,
     /// (config, scenario) -> one sample per round.
     pub service: BTreeMap<(String, String), Vec<Sample>>,
-    /// scenario -> one pgbench measurement per round.
-    pub pgbench: BTreeMap<String, Vec<Measured>>,
+    /// (PostgreSQL settings, scenario) -> one pgbench measurement per round.
+    pub pgbench: BTreeMap<(Settings, String), Vec<Measured>>,
     pub sweep: BTreeMap<(u32, String), Vec<Sample>>,
     /// Get by id with the shipped settings at `high_connections`, one sample per round.
     pub high: Vec<Sample>,
@@ -330,7 +357,10 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         connections: run.connections,
         seconds: run.seconds,
         rounds: run.rounds,
-        configs: run.configs.clone(),
+        configs: configs
+            .iter()
+            .map(|c| (c.name.clone(), c.postgres))
+            .collect(),
         scenarios: scenarios.iter().map(|s| s.name.to_owned()).collect(),
         service: BTreeMap::new(),
         pgbench: BTreeMap::new(),
@@ -344,11 +374,25 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         indexed: indexed_url,
         noidx: noidx_url,
     };
+    // Only a run that measures another PostgreSQL tuning touches the server's settings.
+    let mut switch = match configs.iter().any(|c| c.postgres != Settings::Server) {
+        true => Some(postgres::Switch::new(&common.database_url).await?),
+        false => None,
+    };
+    let mut rounds = Ok(());
     for round in 0..run.rounds {
-        bench
-            .round(round, &configs, &scenarios, &urls, &mut report)
-            .await?;
+        rounds = bench
+            .round(round, &configs, &scenarios, &urls, &mut switch, &mut report)
+            .await;
+        if rounds.is_err() {
+            break;
+        }
     }
+    // The server gets its own settings back whatever happened.
+    if let Some(switch) = &mut switch {
+        switch.set(Settings::Server).await?;
+    }
+    rounds?;
     if configs.iter().any(|c| c.name == "before") {
         eprintln!("the upgrade: optimize_indexes under a write load");
         report.upgrade = Some(bench.upgrade(&urls.noidx).await?);
@@ -417,41 +461,67 @@ impl Bench<'_> {
         })
     }
 
-    /// One round: every configuration, then pgbench on every scenario, then the pool sweep.
+    /// One round: for each PostgreSQL tuning in use, its configurations and then pgbench on
+    /// every scenario; then, on the server's own settings, the overload check and the pool sweep.
     async fn round(
         &self,
         round: usize,
         configs: &[Config],
         scenarios: &[Scenario],
         urls: &Urls,
+        switch: &mut Option<postgres::Switch>,
         report: &mut Report,
     ) -> Result<()> {
         let duration = Duration::from_secs(self.run.seconds);
         let progress = |what: &str| eprintln!("round {} / {}: {what}", round + 1, self.run.rounds);
-        for config in configs {
-            let url = if config.indexed {
-                &urls.indexed
-            } else {
-                &urls.noidx
-            };
-            progress(&config.name);
-            for (scenario, sample) in self
-                .service_run_at(
-                    config.binary.as_ref().unwrap_or(&self.run.binary),
-                    url,
-                    &config.env,
-                    scenarios,
-                    duration,
-                    self.run.connections,
-                )
-                .await?
-            {
-                report
-                    .service
-                    .entry((config.name.clone(), scenario))
-                    .or_default()
-                    .push(sample);
+        let mut tunings: Vec<Settings> = configs.iter().map(|c| c.postgres).collect();
+        tunings.sort();
+        tunings.dedup();
+        // The tuning already in place goes first: one restart per round fewer.
+        if let Some(current) = switch.as_ref().map(postgres::Switch::current) {
+            tunings.sort_by_key(|t| *t != current);
+        }
+        for tuning in tunings {
+            if let Some(switch) = switch.as_mut() {
+                switch.set(tuning).await?;
             }
+            for config in configs.iter().filter(|c| c.postgres == tuning) {
+                let url = if config.indexed {
+                    &urls.indexed
+                } else {
+                    &urls.noidx
+                };
+                progress(&config.name);
+                for (scenario, sample) in self
+                    .service_run_at(
+                        config.binary.as_ref().unwrap_or(&self.run.binary),
+                        url,
+                        &config.env,
+                        scenarios,
+                        duration,
+                        self.run.connections,
+                    )
+                    .await?
+                {
+                    report
+                        .service
+                        .entry((config.name.clone(), scenario))
+                        .or_default()
+                        .push(sample);
+                }
+            }
+            for scenario in scenarios {
+                progress(&format!("pgbench {} ({tuning} settings)", scenario.name));
+                let measured = self.pgbench(scenario, &urls.indexed, duration).await?;
+                report
+                    .pgbench
+                    .entry((tuning, scenario.name.to_owned()))
+                    .or_default()
+                    .push(measured);
+            }
+        }
+        if let Some(switch) = switch.as_mut() {
+            switch.set(Settings::Server).await?;
         }
         let get_by_id: Vec<Scenario> = scenarios
             .iter()
@@ -473,15 +543,6 @@ impl Bench<'_> {
             {
                 report.high.push(sample);
             }
-        }
-        for scenario in scenarios {
-            progress(&format!("pgbench {}", scenario.name));
-            let measured = self.pgbench(scenario, &urls.indexed, duration).await?;
-            report
-                .pgbench
-                .entry(scenario.name.to_owned())
-                .or_default()
-                .push(measured);
         }
         // The sweep drives the service only: its pgbench ceiling is the scenarios' own.
         let sweep_scenarios: Vec<Scenario> = scenarios
@@ -701,7 +762,7 @@ async fn soak(
         sweep: Vec::new(),
         scenarios: Vec::new(),
         binary,
-        baseline_binary: None,
+        builds: Vec::new(),
         out: out.to_owned(),
     };
     let bench = Bench {
@@ -768,7 +829,7 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
         sweep: vec![1],
         scenarios: Vec::new(),
         binary,
-        baseline_binary: None,
+        builds: Vec::new(),
         out: out.path().to_owned(),
     };
     let result = measure(&common, &run).await;
@@ -788,7 +849,7 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
             bail!("{config} / {scenario}: {:?}", sample.load);
         }
     }
-    for (scenario, runs) in &report.pgbench {
+    for ((_, scenario), runs) in &report.pgbench {
         if runs[0].requests_per_sec <= 0.0 {
             bail!("pgbench {scenario}: {:?}", runs[0]);
         }

@@ -7,6 +7,7 @@ use anyhow::Result;
 use plotters::prelude::*;
 
 use crate::load::Measured;
+use crate::postgres::Settings;
 use crate::{Report, Sample};
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -44,11 +45,12 @@ fn summarize(samples: &[Sample]) -> Summary {
     }
 }
 
-fn pgbench_rps(report: &Report, scenario: &str) -> f64 {
+/// pgbench's median on `scenario` with PostgreSQL on `settings`.
+fn pgbench_rps(report: &Report, settings: Settings, scenario: &str) -> f64 {
     median(
         report
             .pgbench
-            .get(scenario)
+            .get(&(settings, scenario.to_owned()))
             .map(|runs| runs.iter().map(|m: &Measured| m.requests_per_sec).collect())
             .unwrap_or_default(),
     )
@@ -94,9 +96,12 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
     let mut md = String::new();
     header(&mut md, report)?;
     configuration_tables(&mut md, report)?;
-    let has = |c: &str| report.configs.iter().any(|x| x == c);
+    let has = |c: &str| report.configs.iter().any(|(x, _)| x == c);
     if has("before") && has("plan1") {
         plan_comparison(&mut md, report)?;
+    }
+    if has("tuned") && has("tuned-pg") {
+        postgres_tuning(&mut md, report)?;
     }
     if !report.sweep.is_empty() {
         pool_sweep(&mut md, report)?;
@@ -154,8 +159,14 @@ fn header(md: &mut String, report: &Report) -> Result<()> {
 
 /// One table per configuration: every scenario against pgbench.
 fn configuration_tables(md: &mut String, report: &Report) -> Result<()> {
-    for config in &report.configs {
+    for (config, settings) in &report.configs {
         writeln!(md, "## Configuration `{config}`\n")?;
+        if *settings != Settings::Server {
+            writeln!(
+                md,
+                "PostgreSQL on the {settings} settings; pgbench measured on the same.\n"
+            )?;
+        }
         writeln!(
             md,
             "| scenario | req/s | p50 ms | p99 ms | errors | RSS MiB | CPU (cores) | pgbench tps | service / pgbench |"
@@ -166,7 +177,7 @@ fn configuration_tables(md: &mut String, report: &Report) -> Result<()> {
         )?;
         for scenario in &report.scenarios {
             if let Some(s) = service(report, config, scenario) {
-                let pg = pgbench_rps(report, scenario);
+                let pg = pgbench_rps(report, *settings, scenario);
                 writeln!(
                     md,
                     "| {scenario} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.0} | {:.2}x |",
@@ -221,15 +232,59 @@ fn plan_comparison(md: &mut String, report: &Report) -> Result<()> {
     Ok(())
 }
 
+/// The original tuning plan's PostgreSQL claim: the compose file's settings against the
+/// server's own, for the service (`tuned-pg` against `tuned`) and for pgbench.
+fn postgres_tuning(md: &mut String, report: &Report) -> Result<()> {
+    writeln!(
+        md,
+        "## PostgreSQL tuned as docker-compose.yml against the server's own settings\n"
+    )?;
+    writeln!(
+        md,
+        "The same run restarts the local cluster with the compose file's `-c` settings (`ALTER SYSTEM`) for `tuned-pg` and its pgbench, and with its own for the rest.\n"
+    )?;
+    writeln!(
+        md,
+        "| scenario | service, server settings | service, compose settings | gain | pgbench, server settings | pgbench, compose settings | gain |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    let mut gains = Vec::new();
+    for scenario in &report.scenarios {
+        if let (Some(server), Some(compose)) = (
+            service(report, "tuned", scenario),
+            service(report, "tuned-pg", scenario),
+        ) {
+            let pg_server = pgbench_rps(report, Settings::Server, scenario);
+            let pg_compose = pgbench_rps(report, Settings::Compose, scenario);
+            gains.push(compose.rps / server.rps);
+            writeln!(
+                md,
+                "| {scenario} | {:.0} | {:.0} | {:+.0}% | {pg_server:.0} | {pg_compose:.0} | {:+.0}% |",
+                server.rps,
+                compose.rps,
+                (compose.rps / server.rps - 1.0) * 100.0,
+                (pg_compose / pg_server - 1.0) * 100.0
+            )?;
+        }
+    }
+    let geomean = (gains.iter().map(|r| r.ln()).sum::<f64>() / gains.len().max(1) as f64).exp();
+    writeln!(
+        md,
+        "\nGeometric mean of the service's gain over the scenarios: **{:+.0}%**.\n",
+        (geomean - 1.0) * 100.0
+    )?;
+    Ok(())
+}
+
 /// Get by id, create and the mix at each connection count, with their ratio to pgbench.
 fn pool_sweep(md: &mut String, report: &Report) -> Result<()> {
     const SCENARIOS: [&str; 3] = ["get by id", "create", "mix 80/20"];
     writeln!(
         md,
-        "## Connection sweep ({} client connections, shipped settings, `DB_MIN_CONNECTIONS` = `DB_MAX_CONNECTIONS` = N)\n",
+        "## Connection sweep ({} client connections, shipped settings but N connections for reads and N for writes: `DB_READ_CONNECTIONS` = N, `DB_MIN_CONNECTIONS` = `DB_MAX_CONNECTIONS` = 2N)\n",
         report.connections
     )?;
-    let mut header = "| connections |".to_owned();
+    let mut header = "| N |".to_owned();
     let mut rule = "| ---: |".to_owned();
     for scenario in SCENARIOS {
         header.push_str(&format!(" {scenario} req/s | p99 ms | / pgbench |"));
@@ -244,7 +299,7 @@ fn pool_sweep(md: &mut String, report: &Report) -> Result<()> {
             match report.sweep.get(&(size, scenario.to_owned())) {
                 Some(samples) => {
                     let s = summarize(samples);
-                    let pg = pgbench_rps(report, scenario);
+                    let pg = pgbench_rps(report, Settings::Server, scenario);
                     row.push_str(&format!(
                         " {:.0} | {:.2} | {:.2}x |",
                         s.rps,
@@ -293,7 +348,8 @@ fn targets(md: &mut String, report: &Report) -> Result<()> {
     writeln!(md, "| target | measured | met |")?;
     writeln!(md, "| --- | ---: | :---: |")?;
     let ratio = |scenario: &str| {
-        service(report, "tuned", scenario).map(|s| s.rps / pgbench_rps(report, scenario))
+        service(report, "tuned", scenario)
+            .map(|s| s.rps / pgbench_rps(report, Settings::Server, scenario))
     };
     let mut target =
         |what: &str, value: Option<f64>, unit: &str, ok: &dyn Fn(f64) -> bool| -> Result<()> {
@@ -404,7 +460,7 @@ fn chart(path: &Path, report: &Report) -> Result<()> {
     let mut series: Vec<(String, Vec<f64>)> = report
         .configs
         .iter()
-        .map(|config| {
+        .map(|(config, _)| {
             let values = report
                 .scenarios
                 .iter()
@@ -413,15 +469,24 @@ fn chart(path: &Path, report: &Report) -> Result<()> {
             (config.clone(), values)
         })
         .collect();
-    series.push((
-        "pgbench".into(),
-        report
-            .scenarios
-            .iter()
-            .map(|s| pgbench_rps(report, s))
-            .map(|v| if v.is_nan() { 0.0 } else { v })
-            .collect(),
-    ));
+    let mut tunings: Vec<Settings> = report.configs.iter().map(|(_, s)| *s).collect();
+    tunings.sort();
+    tunings.dedup();
+    for tuning in tunings {
+        let name = match tuning {
+            Settings::Server => "pgbench".to_owned(),
+            other => format!("pgbench ({other})"),
+        };
+        series.push((
+            name,
+            report
+                .scenarios
+                .iter()
+                .map(|s| pgbench_rps(report, tuning, s))
+                .map(|v| if v.is_nan() { 0.0 } else { v })
+                .collect(),
+        ));
+    }
     let top = series
         .iter()
         .flat_map(|(_, v)| v.iter().copied())

@@ -4,6 +4,8 @@
 
 use strum::{EnumIter, IntoEnumIterator, IntoStaticStr};
 
+use super::postgres::Lane;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, IntoStaticStr)]
 pub enum Operation {
     #[strum(serialize = "user.create")]
@@ -40,6 +42,21 @@ impl Operation {
             | Operation::UserVersion => "SELECT",
             Operation::UpdateUser => "UPDATE",
             Operation::DeleteUser => "DELETE",
+        }
+    }
+
+    /// Which connections run it: writes, and the read that explains a write's outcome, on the
+    /// write lane; plain reads on the read lane (`db/postgres.rs`).
+    pub fn lane(self) -> Lane {
+        match self {
+            Operation::CreateUser
+            | Operation::UpdateUser
+            | Operation::DeleteUser
+            | Operation::UserVersion => Lane::Write,
+            Operation::FindUserById
+            | Operation::FindUserByEmail
+            | Operation::ListUsers
+            | Operation::ListUsersUpdatedSince => Lane::Read,
         }
     }
 

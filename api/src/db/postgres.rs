@@ -5,6 +5,12 @@
 //! each side; on the 2-core reference machine that capped the service at a third of what
 //! PostgreSQL serves (docs/architecture.md, bench/RESULTS.md).
 //!
+//! Reads and writes take different connections: a pipeline runs its statements in order, and a
+//! write waits for its commit's WAL flush, so a read queued behind it would wait too. The first
+//! `DB_READ_CONNECTIONS` connections carry reads, the rest writes; either spills into the other's
+//! when its own pipelines are full. One read connection served most on the reference machine
+//! (bench/RESULTS.md): one backend woken once for many statements.
+//!
 //! The `DB_*` settings keep their meaning, applied to these connections:
 //! `DB_MAX_CONNECTIONS` connections at most, `DB_MIN_CONNECTIONS` opened at start, a statement
 //! waits at most `DB_ACQUIRE_TIMEOUT_SECS` for a connection (opening one, or a free place in
@@ -97,8 +103,13 @@ impl Connection {
         self.last_used_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Statements sent and not yet answered.
+    fn in_flight(&self) -> usize {
+        PIPELINE_DEPTH - self.pipeline.available_permits()
+    }
+
     fn busy(&self) -> bool {
-        self.pipeline.available_permits() < PIPELINE_DEPTH
+        self.in_flight() > 0
     }
 
     /// The prepared statement for `sql`, prepared on first use.
@@ -132,9 +143,19 @@ impl Slot {
     }
 }
 
+/// What a statement does, for the choice of connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Read,
+    Write,
+}
+
 pub struct Pipelines {
     slots: Box<[Slot]>,
-    next: AtomicUsize,
+    /// `slots[..reads]` carry reads, the rest writes (all of them when there is only one).
+    reads: usize,
+    /// Round-robin positions of the read and the write lane.
+    next: [AtomicUsize; 2],
     config: tokio_postgres::Config,
     pool: PoolConfig,
     callback: ArcSwapOption<Box<MetricCallback>>,
@@ -167,9 +188,12 @@ impl Pipelines {
         }
         config.connect_timeout(pool.acquire_timeout);
         let slots = (0..pool.max_connections).map(|_| Slot::default()).collect();
+        // With a single connection both lanes share it; otherwise writes keep at least one.
+        let reads = (pool.read_connections as usize).min(pool.max_connections.max(2) as usize - 1);
         let pipelines = Self {
             slots,
-            next: AtomicUsize::new(0),
+            reads,
+            next: [AtomicUsize::new(0), AtomicUsize::new(0)],
             config,
             pool: pool.clone(),
             callback: ArcSwapOption::empty(),
@@ -189,9 +213,14 @@ impl Pipelines {
     }
 
     /// Runs a prepared statement (prepared once per connection).
-    pub async fn query(&self, sql: &str, values: &[Value]) -> Result<Vec<Row>, PgError> {
+    pub async fn query(
+        &self,
+        lane: Lane,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<Vec<Row>, PgError> {
         let params = Params::new(values);
-        self.run(sql, values, true, |connection| async move {
+        self.run(lane, sql, values, true, |connection| async move {
             let statement = connection.statement(sql).await?;
             connection.client.query(&statement, &params.refs()).await
         })
@@ -200,27 +229,32 @@ impl Pipelines {
 
     /// Runs a statement unnamed, planned anew with its parameters each time (one round trip:
     /// parse, bind and execute go together).
-    pub async fn query_unprepared(&self, sql: &str, values: &[Value]) -> Result<Vec<Row>, PgError> {
+    pub async fn query_unprepared(
+        &self,
+        lane: Lane,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<Vec<Row>, PgError> {
         let params = Params::new(values);
-        self.run(sql, values, false, |connection| async move {
+        self.run(lane, sql, values, false, |connection| async move {
             connection.client.query_typed(sql, &params.typed()).await
         })
         .await
     }
 
     /// Runs a prepared statement that returns no rows; the number of rows it touched.
-    pub async fn execute(&self, sql: &str, values: &[Value]) -> Result<u64, PgError> {
+    pub async fn execute(&self, lane: Lane, sql: &str, values: &[Value]) -> Result<u64, PgError> {
         let params = Params::new(values);
-        self.run(sql, values, true, |connection| async move {
+        self.run(lane, sql, values, true, |connection| async move {
             let statement = connection.statement(sql).await?;
             connection.client.execute(&statement, &params.refs()).await
         })
         .await
     }
 
-    /// A round trip on some connection.
+    /// A round trip on a read connection.
     pub async fn ping(&self) -> Result<(), PgError> {
-        self.run("", &[], false, |connection| async move {
+        self.run(Lane::Read, "", &[], false, |connection| async move {
             connection.client.simple_query("").await.map(drop)
         })
         .await
@@ -229,6 +263,7 @@ impl Pipelines {
     /// Runs `call`, the statement `sql` with `values`, on a leased connection.
     async fn run<T, F, Fut>(
         &self,
+        lane: Lane,
         sql: &str,
         values: &[Value],
         prepared: bool,
@@ -238,7 +273,7 @@ impl Pipelines {
         F: FnOnce(Arc<Connection>) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let (slot, lease) = tokio::time::timeout(self.pool.acquire_timeout, self.lease())
+        let (slot, lease) = tokio::time::timeout(self.pool.acquire_timeout, self.lease(lane))
             .await
             .map_err(|_| PgError::AcquireTimeout)??;
         lease.connection.touch();
@@ -263,33 +298,46 @@ impl Pipelines {
         Ok(result?)
     }
 
-    /// A place in an open connection's pipeline, round robin; when every open connection's
-    /// pipeline is full, a new connection (up to `DB_MAX_CONNECTIONS`); when none can be
-    /// opened, a wait for a place.
-    async fn lease(&self) -> Result<(&Slot, Lease), PgError> {
-        let open_slots = || {
-            self.slots
-                .iter()
-                .filter_map(|slot| Some((slot, slot.connection()?)))
-        };
-        // Round robin over the open connections (not over the slots: with most slots empty,
-        // that sent nearly everything to the first open one; bench/RESULTS.md).
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % open_slots().count().max(1);
-        for (slot, connection) in open_slots().skip(start).chain(open_slots().take(start)) {
-            if let Ok(place) = Arc::clone(&connection.pipeline).try_acquire_owned() {
-                return self.lend(slot, connection, place).await;
+    /// A place in a pipeline of the lane's open connections, round robin; when they are full, a
+    /// new connection in the lane (up to `DB_MAX_CONNECTIONS`), then a place in the other lane;
+    /// when nothing has room and nothing can be opened, a wait for a place in the lane.
+    async fn lease(&self, lane: Lane) -> Result<(&Slot, Lease), PgError> {
+        let (own, other) = match lane {
+            Lane::Read if self.reads < self.slots.len() => self.slots.split_at(self.reads),
+            Lane::Write if self.reads < self.slots.len() => {
+                let (reads, writes) = self.slots.split_at(self.reads);
+                (writes, reads)
             }
+            _ => (&self.slots[..], &[][..]),
+        };
+        let next = &self.next[lane as usize];
+        let start = next.fetch_add(1, Ordering::Relaxed);
+        if let Some((slot, connection, place)) = place_in(own, start) {
+            return self.lend(slot, connection, place).await;
         }
-        let slot = self
-            .slots
-            .iter()
-            .find(|slot| slot.connection().is_none())
-            .or_else(|| open_slots().nth(start).map(|(slot, _)| slot))
-            .unwrap_or(&self.slots[0]);
+        if let Some(slot) = own.iter().find(|slot| slot.connection().is_none()) {
+            let connection = self.open(slot).await?;
+            return self.wait_in(slot, connection).await;
+        }
+        if let Some((slot, connection, place)) = place_in(other, start) {
+            return self.lend(slot, connection, place).await;
+        }
+        let slot = open_in(own)
+            .nth(start % open_in(own).count().max(1))
+            .map_or(&own[0], |(slot, _)| slot);
         let connection = match slot.connection() {
             Some(connection) => connection,
             None => self.open(slot).await?,
         };
+        self.wait_in(slot, connection).await
+    }
+
+    /// Waits for a place in `connection`'s pipeline.
+    async fn wait_in<'a>(
+        &self,
+        slot: &'a Slot,
+        connection: Arc<Connection>,
+    ) -> Result<(&'a Slot, Lease), PgError> {
         let place = Arc::clone(&connection.pipeline)
             .acquire_owned()
             .await
@@ -420,6 +468,34 @@ impl Pipelines {
 
 /// A statement's values as tokio-postgres parameters. (sea-query-postgres does this, but does
 /// not build against the sea-query features SeaORM turns on; the service binds five types.)
+/// The open connections among `slots`.
+fn open_in(slots: &[Slot]) -> impl Iterator<Item = (&Slot, Arc<Connection>)> {
+    slots
+        .iter()
+        .filter_map(|slot| Some((slot, slot.connection()?)))
+}
+
+/// A free place in the least loaded of the open connections among `slots` (fewest statements
+/// in flight: one held by a lock or a slow commit is passed over), ties going round robin from
+/// `start` (over the open ones: going round the slots, most of them empty, sent nearly
+/// everything to the first open one; bench/RESULTS.md).
+fn place_in(
+    slots: &[Slot],
+    start: usize,
+) -> Option<(&Slot, Arc<Connection>, OwnedSemaphorePermit)> {
+    let start = start % open_in(slots).count().max(1);
+    let rotated = || open_in(slots).skip(start).chain(open_in(slots).take(start));
+    // The first of the least loaded: equal loads keep their round-robin order.
+    let least_loaded = rotated().min_by_key(|(_, connection)| connection.in_flight());
+    least_loaded
+        .into_iter()
+        .chain(rotated())
+        .find_map(|(slot, connection)| {
+            let place = Arc::clone(&connection.pipeline).try_acquire_owned().ok()?;
+            Some((slot, connection, place))
+        })
+}
+
 struct Params<'a>(Vec<Param<'a>>);
 
 #[derive(Debug)]

@@ -283,7 +283,11 @@ impl UserRepository {
             Some(pg) => {
                 let statement = insert.build(DbBackend::Postgres);
                 let call = self.call(operation, &statement.sql);
-                observe(call, pg.execute(&statement.sql, values(&statement))).await?;
+                observe(
+                    call,
+                    pg.execute(operation.lane(), &statement.sql, values(&statement)),
+                )
+                .await?;
             }
             None => {
                 let statement = insert.build(self.backend());
@@ -326,7 +330,11 @@ impl UserRepository {
             // one each time.
             Some(pg) if query.name_prefix.is_some() => {
                 let statement = select.build(DbBackend::Postgres);
-                let rows = pg.query_unprepared(&statement.sql, values(&statement));
+                let rows = pg.query_unprepared(
+                    query.operation().lane(),
+                    &statement.sql,
+                    values(&statement),
+                );
                 let call = self.call(query.operation(), &statement.sql);
                 observe(call, async { users_of(rows.await?) }).await?
             }
@@ -349,7 +357,7 @@ impl UserRepository {
         match &self.pg {
             Some(pg) => {
                 let statement = select.build(DbBackend::Postgres);
-                let rows = pg.query(&statement.sql, values(&statement));
+                let rows = pg.query(operation.lane(), &statement.sql, values(&statement));
                 let call = self.call(operation, &statement.sql);
                 observe(call, async { users_of(rows.await?) }).await
             }
@@ -386,7 +394,7 @@ impl UserRepository {
             Some(pg) => {
                 let statement = statements::update_returning(id, changes, versions, now())
                     .build(PostgresQueryBuilder);
-                let rows = pg.query(&statement.0, &statement.1.0);
+                let rows = pg.query(operation.lane(), &statement.0, &statement.1.0);
                 let call = self.call(operation, &statement.0);
                 observe(call, async { users_of(rows.await?) }).await?
             }
@@ -417,7 +425,11 @@ impl UserRepository {
             Some(pg) => {
                 let statement = delete.build(DbBackend::Postgres);
                 let call = self.call(operation, &statement.sql);
-                observe(call, pg.execute(&statement.sql, values(&statement))).await?
+                observe(
+                    call,
+                    pg.execute(operation.lane(), &statement.sql, values(&statement)),
+                )
+                .await?
             }
             None => {
                 let statement = delete.build(self.backend());
@@ -441,7 +453,7 @@ impl UserRepository {
                 let statement = select.build(DbBackend::Postgres);
                 observe(self.call(operation, &statement.sql), async {
                     Ok::<_, PgError>(
-                        !pg.query(&statement.sql, values(&statement))
+                        !pg.query(operation.lane(), &statement.sql, values(&statement))
                             .await?
                             .is_empty(),
                     )

@@ -12,6 +12,7 @@ mod hostile;
 mod migrations;
 mod openapi;
 mod otlp;
+mod pipelines;
 mod security;
 mod shutdown;
 mod startup;

@@ -89,6 +89,14 @@ impl TestDb {
             TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
         }
     }
+
+    /// The PostgreSQL database's name, as `pg_stat_activity` shows it.
+    pub fn name(&self) -> &str {
+        match self {
+            TestDb::Postgres { name, .. } => name,
+            TestDb::Sqlite { .. } => panic!("a PostgreSQL database has a name"),
+        }
+    }
 }
 
 impl Drop for TestDb {
