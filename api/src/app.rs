@@ -40,7 +40,7 @@ pub enum StartupError {
 }
 
 pub async fn build(config: Config) -> Result<App, StartupError> {
-    let db = Database::connect(&config)
+    let db = Box::pin(Database::connect(&config))
         .await
         .map_err(StartupError::Connect)?;
     if config.run_migrations {

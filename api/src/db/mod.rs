@@ -31,7 +31,7 @@ impl Database {
     pub async fn connect(config: &Config) -> Result<Self, DbErr> {
         if config.is_sqlite() {
             return Ok(Self {
-                orm: connect(config, &config.pool).await?,
+                orm: Box::pin(connect(config, &config.pool)).await?,
                 pg: None,
                 pool: config.pool.clone(),
             });
@@ -42,7 +42,7 @@ impl Database {
             min_connections: 0,
             ..config.pool.clone()
         };
-        let orm = connect(config, &migrations).await?;
+        let orm = Box::pin(connect(config, &migrations)).await?;
         let pg = Pipelines::connect(&config.database_url, &config.pool)
             .await
             .map_err(|error| DbErr::Custom(format!("cannot connect to PostgreSQL: {error}")))?;
@@ -81,7 +81,7 @@ impl Database {
                 .ping()
                 .await
                 .map_err(|error| DbErr::Custom(error.to_string())),
-            None => self.orm.ping().await,
+            None => Box::pin(self.orm.ping()).await,
         }
     }
 
@@ -134,7 +134,7 @@ async fn connect(config: &Config, pool: &PoolConfig) -> Result<DatabaseConnectio
                 .busy_timeout(busy_timeout)
         });
     }
-    let mut db = sea_orm::Database::connect(options).await?;
+    let mut db = Box::pin(sea_orm::Database::connect(options)).await?;
     let slow = pool.slow_query;
     db.set_metric_callback(move |info| {
         log_if_slow(&info.statement.sql, info.elapsed, info.failed, slow)

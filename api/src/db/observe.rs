@@ -57,53 +57,79 @@ pub struct Call<'a> {
 }
 
 /// Runs one database call inside a span (OpenTelemetry's database client conventions), times
-/// it, and classifies its failure.
-pub async fn observe<T, E: Failure>(
+/// it, and classifies its failure. The span and the clock start when this is called, to be
+/// awaited at once. The call's future goes to the heap: a driver's future is kilobytes, an
+/// `async` layer that awaits a future it owns holds it twice, and every layer above copies the
+/// request's whole future each time it moves it (half of a request's instructions were
+/// `memcpy`: bench/RESULTS.md). One allocation per call keeps every layer above small.
+pub fn observe<T, E: Failure>(
     call: Call<'_>,
     future: impl Future<Output = Result<T, E>>,
-) -> Result<T, ErrorKind> {
-    let Call {
-        operation,
-        backend,
-        collection,
-        sql,
-    } = call;
-    let name = operation.as_str();
-    let verb = operation.sql_verb();
-    let span = tracing::info_span!(
-        "db.client.query",
-        otel.name = %format_args!("{verb} {collection}"),
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        db.system.name = match backend {
-            DbBackend::Postgres => "postgresql",
-            DbBackend::Sqlite => "sqlite",
-            _ => "other_sql",
-        },
-        db.operation.name = verb,
-        db.collection.name = collection,
-        db.query.text = sql,
-        user_service.operation = name,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
-    observability::telemetry::record_trace_ids(&span);
-    let started = Instant::now();
-    let result = future.instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    match result {
-        Ok(value) => {
-            record_query(name, elapsed, None);
-            Ok(value)
+) -> impl Future<Output = Result<T, ErrorKind>> {
+    let observed = Observed::start(call);
+    let future = Box::pin(future.instrument(observed.span.clone()));
+    async move { observed.finish(future.await) }
+}
+
+/// One call's span, name and start.
+struct Observed {
+    name: &'static str,
+    span: tracing::Span,
+    started: Instant,
+}
+
+impl Observed {
+    fn start(call: Call<'_>) -> Self {
+        let Call {
+            operation,
+            backend,
+            collection,
+            sql,
+        } = call;
+        let name = operation.as_str();
+        let verb = operation.sql_verb();
+        let span = tracing::info_span!(
+            "db.client.query",
+            otel.name = %format_args!("{verb} {collection}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            db.system.name = match backend {
+                DbBackend::Postgres => "postgresql",
+                DbBackend::Sqlite => "sqlite",
+                _ => "other_sql",
+            },
+            db.operation.name = verb,
+            db.collection.name = collection,
+            db.query.text = sql,
+            user_service.operation = name,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        observability::telemetry::record_trace_ids(&span);
+        Observed {
+            name,
+            span,
+            started: Instant::now(),
         }
-        Err(error) => {
-            let kind = error.kind();
-            span.record("otel.status_code", "error");
-            span.record("error.type", kind.as_str());
-            record_query(name, elapsed, Some(kind));
-            span.in_scope(|| log_failure(name, kind, &error, elapsed));
-            Err(kind)
+    }
+
+    fn finish<T, E: Failure>(self, result: Result<T, E>) -> Result<T, ErrorKind> {
+        let elapsed = self.started.elapsed();
+        match result {
+            Ok(value) => {
+                record_query(self.name, elapsed, None);
+                Ok(value)
+            }
+            Err(error) => {
+                let kind = error.kind();
+                self.span.record("otel.status_code", "error");
+                self.span.record("error.type", kind.as_str());
+                record_query(self.name, elapsed, Some(kind));
+                self.span
+                    .in_scope(|| log_failure(self.name, kind, &error, elapsed));
+                Err(kind)
+            }
         }
     }
 }

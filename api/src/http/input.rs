@@ -54,7 +54,9 @@ pub fn check_input<E: Endpoint + 'static>(
             if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
                 return Err(ApiError::from(ErrorCode::PayloadTooLarge).into());
             }
-            let read = request.take_body().into_bytes_limit(BODY_LIMIT);
+            // Boxed: hyper's body future is kilobytes, and this middleware's future is part of
+            // every request's, reads included (`db::observe` says why that matters).
+            let read = Box::pin(request.take_body().into_bytes_limit(BODY_LIMIT));
             let body = match tokio::time::timeout_at(deadline, read).await {
                 Ok(body) => body.map_err(|error| match error {
                     ReadBodyError::PayloadTooLarge => {
