@@ -4,7 +4,9 @@
 
 mod data;
 mod explain;
+mod instructions;
 mod load;
+mod middleware;
 mod postgres;
 mod report;
 mod scenarios;
@@ -128,6 +130,10 @@ struct RunArgs {
     /// defaults on that binary, e.g. the commit before a data-path change.
     #[arg(long = "build", value_parser = parse_build)]
     builds: Vec<(String, PathBuf)>,
+    /// Also count instructions per request under callgrind (get by id, lookup, list, create;
+    /// `--binary` and every `--build`): a few minutes more.
+    #[arg(long)]
+    instructions: bool,
     /// Where RESULTS.md and results.svg go.
     #[arg(long, default_value = "bench")]
     out: PathBuf,
@@ -307,6 +313,11 @@ pub struct Report {
     pub high_connections: u32,
     /// `optimize_indexes` applied under a write load.
     pub upgrade: Option<Upgrade>,
+    /// Each middleware's cost, in-process, and the calls per round it was measured over.
+    pub middleware: Vec<middleware::Cost>,
+    pub middleware_calls: u32,
+    /// (build, instructions per request by scenario), with `--instructions`.
+    pub instructions: Vec<(String, Vec<instructions::Counted>)>,
     pub explain: Vec<explain::Timing>,
 }
 
@@ -368,6 +379,9 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         high: Vec::new(),
         high_connections: run.high_connections,
         upgrade: None,
+        middleware: Vec::new(),
+        middleware_calls: 0,
+        instructions: Vec::new(),
         explain: explain::compare(&indexed_url, &noidx_url, common.users).await?,
     };
     let urls = Urls {
@@ -393,6 +407,43 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         switch.set(Settings::Server).await?;
     }
     rounds?;
+    eprintln!("each middleware's cost, in-process");
+    // Fewer calls on a seconds-long run (the smoke): it proves the measurement, no more.
+    report.middleware_calls = if run.seconds >= 5 {
+        middleware::CALLS
+    } else {
+        middleware::CALLS / 40
+    };
+    report.middleware = {
+        let (url, calls) = (urls.indexed.clone(), report.middleware_calls);
+        // A runtime of its own on a thread of its own: the measurement times that thread.
+        std::thread::spawn(move || middleware::measure(&url, data::id(1), calls))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the middleware measurement panicked"))??
+    };
+    if run.instructions {
+        let kept = ["get by id", "lookup by email", "list first page", "create"];
+        let mut scripts = Vec::new();
+        for scenario in scenarios.iter().filter(|s| kept.contains(&s.name)) {
+            let warm = bench.script(scenario.lua, &urls.indexed).await?;
+            let warm = std::fs::copy(&warm, warm.with_extension("warm.lua"))
+                .map(|_| warm.with_extension("warm.lua"))?;
+            scripts.push((
+                scenario.service_only(),
+                warm,
+                bench.script(scenario.lua, &urls.indexed).await?,
+            ));
+        }
+        let mut builds = vec![("tuned".to_owned(), run.binary.clone())];
+        builds.extend(run.builds.iter().cloned());
+        for (name, binary) in builds {
+            eprintln!("instructions per request: {name}");
+            let binary = std::fs::canonicalize(&binary).context("the api binary")?;
+            let counted = instructions::count(&binary, &urls.indexed, &scripts, 10).await?;
+            restore(&urls.indexed).await?;
+            report.instructions.push((name, counted));
+        }
+    }
     if configs.iter().any(|c| c.name == "before") {
         eprintln!("the upgrade: optimize_indexes under a write load");
         report.upgrade = Some(bench.upgrade(&urls.noidx).await?);
@@ -763,6 +814,7 @@ async fn soak(
         scenarios: Vec::new(),
         binary,
         builds: Vec::new(),
+        instructions: false,
         out: out.to_owned(),
     };
     let bench = Bench {
@@ -830,6 +882,7 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
         scenarios: Vec::new(),
         binary,
         builds: Vec::new(),
+        instructions: false,
         out: out.path().to_owned(),
     };
     let result = measure(&common, &run).await;

@@ -106,6 +106,13 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
     if !report.sweep.is_empty() {
         pool_sweep(&mut md, report)?;
     }
+    md.push_str(&crate::middleware::markdown(
+        &report.middleware,
+        report.middleware_calls,
+    )?);
+    if !report.instructions.is_empty() {
+        md.push_str(&crate::instructions::markdown(&report.instructions)?);
+    }
     md.push_str(&explain_table(&report.explain));
     if let Some(upgrade) = &report.upgrade {
         upgrade_table(&mut md, upgrade)?;

@@ -25,7 +25,24 @@ impl Service {
         database_url: &str,
         env: &[(String, String)],
     ) -> Result<Self> {
-        let mut command = Command::new(binary);
+        Self::start_under(&[], binary, database_url, env).await
+    }
+
+    /// As [`Self::start`], run by `wrapper` (e.g. valgrind and its options) when not empty.
+    pub async fn start_under(
+        wrapper: &[String],
+        binary: &Path,
+        database_url: &str,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -45,7 +62,8 @@ impl Service {
             .with_context(|| format!("start {}", binary.display()))?;
         let pid = child.id().context("the service's pid")?;
         let service = Service { child, pid };
-        for _ in 0..300 {
+        // Generous: under valgrind the start takes seconds.
+        for _ in 0..1200 {
             if get(PUBLIC.parse()?, "/health/ready")
                 .await
                 .is_ok_and(|status| status == 200)
@@ -55,6 +73,10 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         bail!("the service did not become ready")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Resident memory now, in bytes.
