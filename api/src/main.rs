@@ -3,6 +3,11 @@ use std::process::ExitCode;
 use api::config::Config;
 use observability::telemetry::TelemetryConfig;
 
+// mimalloc: a list page spent 39% of its instructions in glibc's malloc and free; with
+// mimalloc it costs 34% fewer instructions, a GET by id 12% fewer (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();

@@ -512,8 +512,8 @@ impl Bench<'_> {
         })
     }
 
-    /// One round: for each PostgreSQL tuning in use, its configurations and then pgbench on
-    /// every scenario; then, on the server's own settings, the overload check and the pool sweep.
+    /// One round: for each PostgreSQL tuning in use, each scenario on pgbench and then on each
+    /// configuration; then, on the server's own settings, the overload check and the pool sweep.
     async fn round(
         &self,
         round: usize,
@@ -532,43 +532,50 @@ impl Bench<'_> {
         if let Some(current) = switch.as_ref().map(postgres::Switch::current) {
             tunings.sort_by_key(|t| *t != current);
         }
+        // Scenario by scenario, pgbench right beside the configurations it is the ceiling of:
+        // this machine's speed drifts by a quarter within a run, and a ratio of two numbers
+        // measured minutes apart carried the drift (bench/history/final-100k-drift.md). Odd
+        // rounds take the configurations in reverse, so none is always first after pgbench.
+        let mut ordered: Vec<&Config> = configs.iter().collect();
+        if round % 2 == 1 {
+            ordered.reverse();
+        }
         for tuning in tunings {
             if let Some(switch) = switch.as_mut() {
                 switch.set(tuning).await?;
             }
-            for config in configs.iter().filter(|c| c.postgres == tuning) {
-                let url = if config.indexed {
-                    &urls.indexed
-                } else {
-                    &urls.noidx
-                };
-                progress(&config.name);
-                for (scenario, sample) in self
-                    .service_run_at(
-                        config.binary.as_ref().unwrap_or(&self.run.binary),
-                        url,
-                        &config.env,
-                        scenarios,
-                        duration,
-                        self.run.connections,
-                    )
-                    .await?
-                {
-                    report
-                        .service
-                        .entry((config.name.clone(), scenario))
-                        .or_default()
-                        .push(sample);
-                }
-            }
             for scenario in scenarios {
-                progress(&format!("pgbench {} ({tuning} settings)", scenario.name));
+                progress(&format!("{} ({tuning} settings)", scenario.name));
                 let measured = self.pgbench(scenario, &urls.indexed, duration).await?;
                 report
                     .pgbench
                     .entry((tuning, scenario.name.to_owned()))
                     .or_default()
                     .push(measured);
+                for config in ordered.iter().filter(|c| c.postgres == tuning) {
+                    let url = if config.indexed {
+                        &urls.indexed
+                    } else {
+                        &urls.noidx
+                    };
+                    for (scenario, sample) in self
+                        .service_run_at(
+                            config.binary.as_ref().unwrap_or(&self.run.binary),
+                            url,
+                            &config.env,
+                            std::slice::from_ref(scenario),
+                            duration,
+                            self.run.connections,
+                        )
+                        .await?
+                    {
+                        report
+                            .service
+                            .entry((config.name.clone(), scenario))
+                            .or_default()
+                            .push(sample);
+                    }
+                }
             }
         }
         if let Some(switch) = switch.as_mut() {
