@@ -872,7 +872,7 @@ async fn soak(
 async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
     let database = format!("userbench_smoke_{}", std::process::id());
     let common = Common {
-        users: 2_000,
+        users: 20_000,
         database_url: database_url.clone(),
         database: database.clone(),
     };

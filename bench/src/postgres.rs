@@ -81,40 +81,85 @@ impl Switch {
         })
     }
 
+    /// Applies `settings` and restarts the cluster, unless they are in place already.
     pub async fn set(&mut self, settings: Settings) -> Result<()> {
         if settings == self.current {
             return Ok(());
         }
         eprintln!("PostgreSQL settings: {settings} (ALTER SYSTEM, restart)");
-        let mut conn = PgConnection::connect(&self.admin_url).await?;
-        let statements: Vec<String> = match settings {
-            Settings::Compose => self
-                .compose
-                .iter()
-                .map(|(name, value)| format!("ALTER SYSTEM SET {name} = '{value}'"))
-                .collect(),
-            Settings::Server => self
-                .found
-                .iter()
-                .map(|(name, value)| match value {
-                    Some(value) => format!("ALTER SYSTEM SET {name} = '{value}'"),
-                    None => format!("ALTER SYSTEM RESET {name}"),
-                })
-                .collect(),
-        };
-        for statement in statements {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut conn)
-                .await?;
+        let applied = self.apply(settings).await;
+        if applied.is_err() && settings != Settings::Server {
+            // Half applied is the worst state to leave a server in.
+            self.apply(Settings::Server).await?;
+            self.current = Settings::Server;
         }
+        applied
+    }
+
+    /// An extension's settings (`pg_stat_statements.track`) exist only once its library is
+    /// loaded: they are set after the restart that loads it, and reset before the one that
+    /// unloads it.
+    async fn apply(&mut self, settings: Settings) -> Result<()> {
+        let is_extension = |name: &str| name.contains('.');
+        let statements = |extension: bool| -> Vec<String> {
+            match settings {
+                Settings::Compose => self
+                    .compose
+                    .iter()
+                    .filter(|(name, _)| is_extension(name) == extension)
+                    .map(|(name, value)| format!("ALTER SYSTEM SET {name} = '{value}'"))
+                    .collect(),
+                Settings::Server => self
+                    .found
+                    .iter()
+                    .filter(|(name, _)| is_extension(name) == extension)
+                    .map(|(name, value)| match value {
+                        Some(value) => format!("ALTER SYSTEM SET {name} = '{value}'"),
+                        None => format!("ALTER SYSTEM RESET {name}"),
+                    })
+                    .collect(),
+            }
+        };
+        let (before, after) = match settings {
+            Settings::Compose => (statements(false), statements(true)),
+            Settings::Server => {
+                let mut before = statements(true);
+                before.extend(statements(false));
+                (before, Vec::new())
+            }
+        };
+        self.execute(&before).await?;
+        self.restart().await?;
+        self.execute(&after).await?;
+        if !after.is_empty() {
+            self.execute(&["SELECT pg_reload_conf()".to_owned()]).await?;
+        }
+        self.current = settings;
+        Ok(())
+    }
+
+    async fn execute(&self, statements: &[String]) -> Result<()> {
+        let mut conn = PgConnection::connect(&self.admin_url).await?;
+        for statement in statements {
+            sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut conn)
+                .await
+                .with_context(|| statement.clone())?;
+        }
+        conn.close().await?;
+        Ok(())
+    }
+
+    async fn restart(&self) -> Result<()> {
+        let mut conn = PgConnection::connect(&self.admin_url).await?;
         // Debian names its clusters "<major>/<name>": what pg_ctlcluster takes.
         let cluster: String = sqlx::query_scalar("SELECT current_setting('cluster_name')")
             .fetch_one(&mut conn)
             .await?;
         conn.close().await?;
-        let (version, name) = cluster.split_once('/').context(
-            "a restart needs Debian's pg_ctlcluster and cluster_name = '<major>/<name>'",
-        )?;
+        let (version, name) = cluster
+            .split_once('/')
+            .context("a restart needs Debian's pg_ctlcluster and cluster_name = '<major>/<name>'")?;
         let status = tokio::process::Command::new("pg_ctlcluster")
             .args(["--skip-systemctl-redirect", version, name, "restart"])
             .status()
@@ -126,7 +171,6 @@ impl Switch {
         for _ in 0..100 {
             if let Ok(conn) = PgConnection::connect(&self.admin_url).await {
                 conn.close().await?;
-                self.current = settings;
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
