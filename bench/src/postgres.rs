@@ -132,7 +132,8 @@ impl Switch {
         self.restart().await?;
         self.execute(&after).await?;
         if !after.is_empty() {
-            self.execute(&["SELECT pg_reload_conf()".to_owned()]).await?;
+            self.execute(&["SELECT pg_reload_conf()".to_owned()])
+                .await?;
         }
         self.current = settings;
         Ok(())
@@ -157,9 +158,9 @@ impl Switch {
             .fetch_one(&mut conn)
             .await?;
         conn.close().await?;
-        let (version, name) = cluster
-            .split_once('/')
-            .context("a restart needs Debian's pg_ctlcluster and cluster_name = '<major>/<name>'")?;
+        let (version, name) = cluster.split_once('/').context(
+            "a restart needs Debian's pg_ctlcluster and cluster_name = '<major>/<name>'",
+        )?;
         let status = tokio::process::Command::new("pg_ctlcluster")
             .args(["--skip-systemctl-redirect", version, name, "restart"])
             .status()
