@@ -23,6 +23,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+fn geometric_mean(ratios: &[f64]) -> f64 {
+    (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64).exp()
+}
+
 /// Medians over rounds of one (config, scenario).
 #[derive(Clone, Copy)]
 struct Summary {
@@ -231,7 +235,7 @@ fn plan_comparison(md: &mut String, report: &Report) -> Result<()> {
             )?;
         }
     }
-    let geomean = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64).exp();
+    let geomean = geometric_mean(&ratios);
     writeln!(
         md,
         "\nGeometric mean of plan1 / before over the scenarios: **{geomean:.2}x**.\n"
@@ -274,7 +278,7 @@ fn postgres_tuning(md: &mut String, report: &Report) -> Result<()> {
             )?;
         }
     }
-    let geomean = (gains.iter().map(|r| r.ln()).sum::<f64>() / gains.len().max(1) as f64).exp();
+    let geomean = geometric_mean(&gains);
     writeln!(
         md,
         "\nGeometric mean of the service's gain over the scenarios: **{:+.0}%**.\n",
