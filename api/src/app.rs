@@ -10,6 +10,7 @@ use poem::{EndpointExt, Route};
 use poem_openapi::{OpenApiService, OperationId};
 use sea_orm::{DatabaseConnection, DbErr};
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::{self, Database, Operation};
 use crate::health::HealthApi;
@@ -20,12 +21,14 @@ use crate::http::spec::{Auth, DOCS_PATH, SPEC_PATH, Spec};
 use crate::http::{input, problems};
 use crate::users::repository::UserRepository;
 use crate::users::routes::UsersApi;
+use crate::users::store::UserStore;
 
 /// A built service: connected, migrated, ready to serve.
 pub struct App {
     pub(crate) config: Config,
     pub(crate) db: Database,
     pub(crate) metrics: Metrics,
+    cache: Option<Cache>,
     public: Arc<BoxEndpoint<'static>>,
 }
 
@@ -35,6 +38,8 @@ pub enum StartupError {
     Connect(#[source] DbErr),
     #[error("cannot apply migrations: {0}")]
     Migrate(#[source] DbErr),
+    #[error("invalid REDIS_URL: {0}")]
+    Cache(#[source] redis::RedisError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
 }
@@ -48,11 +53,20 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
     }
     let metrics = Metrics::install();
     Operation::register_all();
-    let public = Arc::new(routes(&config, db.clone()));
+    let cache = match &config.cache {
+        Some(cache) => {
+            let cache = Cache::new(cache).map_err(StartupError::Cache)?;
+            cache.warm_up().await;
+            Some(cache)
+        }
+        None => None,
+    };
+    let public = Arc::new(routes(&config, db.clone(), cache.clone()));
     Ok(App {
         config,
         db,
         metrics,
+        cache,
         public,
     })
 }
@@ -67,10 +81,20 @@ impl App {
     pub fn db(&self) -> &DatabaseConnection {
         &self.db.orm
     }
+
+    /// The cache client, when `REDIS_URL` is set.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
+    }
 }
 
-fn api_service(config: &Config, db: Database) -> OpenApiService<(UsersApi, HealthApi), ()> {
-    let users = UsersApi::new(UserRepository::new(&db), config.pool.acquire_timeout);
+fn api_service(
+    config: &Config,
+    db: Database,
+    cache: Option<Cache>,
+) -> OpenApiService<(UsersApi, HealthApi), ()> {
+    let store = UserStore::new(UserRepository::new(&db), cache);
+    let users = UsersApi::new(store, config.pool.acquire_timeout);
     OpenApiService::new(
         (users, HealthApi::new(db)),
         "user-service",
@@ -84,13 +108,13 @@ fn api_service(config: &Config, db: Database) -> OpenApiService<(UsersApi, Healt
 pub fn openapi_spec() -> String {
     let config = Config::from_lookup(|_| None).expect("the defaults are valid");
     Spec::new(
-        &api_service(&config, Database::disconnected()),
+        &api_service(&config, Database::disconnected(), None),
         Auth::Required,
     )
     .text
 }
 
-fn routes(config: &Config, db: Database) -> BoxEndpoint<'static> {
+fn routes(config: &Config, db: Database, cache: Option<Cache>) -> BoxEndpoint<'static> {
     let tokens = Tokens::new(&config.api_tokens, &config.api_read_tokens);
     let auth = if tokens.is_empty() {
         tracing::warn!(
@@ -101,7 +125,7 @@ fn routes(config: &Config, db: Database) -> BoxEndpoint<'static> {
         Auth::Required
     };
     let guard = Guard::new(tokens, config.rate_limit_per_second.map(RateLimit::new));
-    let api = api_service(config, db);
+    let api = api_service(config, db, cache);
     let Spec {
         text,
         swagger_html,

@@ -33,6 +33,19 @@ pub struct Config {
     pub api_read_tokens: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
     pub rate_limit_per_second: Option<NonZeroU32>,
+    /// `None`: no cache, every read goes to the database.
+    pub cache: Option<CacheConfig>,
+}
+
+/// The Redis cache in front of reads by id and by email.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// `redis://` or `rediss://`, with the password when Redis asks for one.
+    pub url: String,
+    /// The lifetime of an entry (and of a deleted user's tombstone).
+    pub ttl: Duration,
+    /// A cache call slower than this is abandoned and the request goes to the database.
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -143,9 +156,19 @@ impl Config {
                 });
             }
         };
+        // Checked even without REDIS_URL: a bad value is refused before it matters.
+        let cache_ttl = env.secs("CACHE_TTL_SECS", 300, 1)?;
+        let cache_timeout =
+            Duration::from_millis(env.number("CACHE_TIMEOUT_MS", 50, 1, 60_000)?.into());
+        let cache = env.redis_url()?.map(|url| CacheConfig {
+            url,
+            ttl: cache_ttl,
+            timeout: cache_timeout,
+        });
         Ok(Self {
             database_url,
             pool,
+            cache,
             http_addr: env.parsed(
                 "HTTP_ADDR",
                 "127.0.0.1:8080",
@@ -213,6 +236,25 @@ impl Env<'_> {
                 // The URL may hold a password: show only its scheme.
                 value: url.split(':').next().unwrap_or_default().to_owned() + ":...",
                 expected: "a postgres://, postgresql:// or sqlite: URL".to_owned(),
+            })
+        }
+    }
+
+    fn redis_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(url) = self.raw("REDIS_URL") else {
+            return Ok(None);
+        };
+        if ["redis://", "rediss://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            Ok(Some(url))
+        } else {
+            Err(ConfigError {
+                variable: "REDIS_URL",
+                // The URL may hold a password: show only its scheme.
+                value: url.split(':').next().unwrap_or_default().to_owned() + ":...",
+                expected: "a redis:// or rediss:// URL".to_owned(),
             })
         }
     }
@@ -338,6 +380,7 @@ mod tests {
         assert!(config.api_tokens.is_empty() && config.api_read_tokens.is_empty());
         assert!(config.cors_allowed_origins.is_empty());
         assert_eq!(config.rate_limit_per_second, None);
+        assert!(config.cache.is_none(), "no REDIS_URL, no cache");
     }
 
     #[test]
@@ -368,6 +411,9 @@ mod tests {
             ("API_READ_TOKENS", "r"),
             ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
             ("RATE_LIMIT_PER_SECOND", "100"),
+            ("REDIS_URL", "redis://:secret@cache:6379/0"),
+            ("CACHE_TTL_SECS", "60"),
+            ("CACHE_TIMEOUT_MS", "20"),
         ])
         .unwrap();
         assert!(!config.is_sqlite());
@@ -403,6 +449,18 @@ mod tests {
         assert_eq!(config.api_tokens, ["a", "b"]);
         assert_eq!(config.cors_allowed_origins, ["https://app.example.com"]);
         assert_eq!(config.rate_limit_per_second.map(NonZeroU32::get), Some(100));
+        let cache = config.cache.expect("REDIS_URL set");
+        assert_eq!(cache.url, "redis://:secret@cache:6379/0");
+        assert_eq!(cache.ttl, Duration::from_secs(60));
+        assert_eq!(cache.timeout, Duration::from_millis(20));
+        let defaults = parse(&[("REDIS_URL", "rediss://cache")])
+            .unwrap()
+            .cache
+            .unwrap();
+        assert_eq!(
+            (defaults.ttl, defaults.timeout),
+            (Duration::from_secs(300), Duration::from_millis(50))
+        );
         let never = parse(&[
             ("DB_TEST_BEFORE_ACQUIRE", "never"),
             ("DB_TEST_IDLE_SECS", "5"),
@@ -444,6 +502,9 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("SHUTDOWN_GRACE_SECS", "soon"),
             ("RATE_LIMIT_PER_SECOND", "0"),
+            ("REDIS_URL", "memcached://cache:11211"),
+            ("CACHE_TTL_SECS", "0"),
+            ("CACHE_TIMEOUT_MS", "fast"),
         ];
         for (variable, value) in cases {
             let error = parse(&[(variable, value)]).unwrap_err();
@@ -517,6 +578,8 @@ mod tests {
     #[test]
     fn a_bad_database_url_does_not_echo_its_password() {
         let error = parse(&[("DATABASE_URL", "mysql://root:secret@db/users")]).unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+        let error = parse(&[("REDIS_URL", "redis:/:secret@cache")]).unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
     }
 }

@@ -8,6 +8,7 @@
 //! - [`users`]: the resource: model and rules, statements, endpoints;
 //! - [`health`]: liveness and readiness;
 //! - [`http`]: errors, input checks, auth, rate limit, headers, the spec;
+//! - [`cache`]: the Redis cache in front of reads, and its coherence rules;
 //! - [`db`]: the pool, migrations, and the timing and classification of every call.
 
 // Large futures cost every request a copy per layer that moves them (db/observe.rs); the
@@ -15,6 +16,7 @@
 #![warn(clippy::large_futures)]
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod health;

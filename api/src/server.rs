@@ -58,7 +58,7 @@ fn local_addr(acceptor: &TcpAcceptor) -> SocketAddr {
 
 /// Serves `app` until SIGINT or SIGTERM, then drains in-flight requests.
 pub async fn run(app: App, listeners: Listeners) -> io::Result<()> {
-    run_until(app, listeners, shutdown_signal()).await
+    Box::pin(run_until(app, listeners, shutdown_signal())).await
 }
 
 /// Serves `app` until `shutdown` completes: stops accepting, lets in-flight requests finish

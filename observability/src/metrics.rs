@@ -69,7 +69,7 @@ impl Metrics {
 }
 
 fn describe() {
-    use crate::{db, http};
+    use crate::{cache, db, http};
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
         db::QUERY_DURATION,
@@ -77,6 +77,15 @@ fn describe() {
         "Database operation latency, by operation and outcome."
     );
     describe_counter!(db::ERRORS, "Database errors, by operation and kind.");
+    describe_counter!(
+        cache::REQUESTS,
+        "Cache calls, by operation and result (hit, miss, ok, error, bypass)."
+    );
+    describe_histogram!(
+        cache::DURATION,
+        Unit::Seconds,
+        "Cache call latency, by operation."
+    );
     describe_gauge!(db::POOL_ACTIVE, "Pool connections in use.");
     describe_gauge!(db::POOL_IDLE, "Pool connections open and idle.");
     describe_gauge!(db::POOL_MAX, "Pool ceiling (DB_MAX_CONNECTIONS).");

@@ -1,4 +1,5 @@
-//! The users endpoints: HTTP in, one repository call, HTTP out. No SQL here.
+//! The users endpoints: HTTP in, one store call (the repository behind the cache), HTTP out.
+//! No SQL here.
 
 use std::time::Duration;
 
@@ -11,8 +12,10 @@ use uuid::Uuid;
 use super::cursor::Cursor;
 use super::etag::{EntityTags, etag, if_match, none_match};
 use super::model::{CreateUserRequest, EmailKey, NamePrefix, UpdateUserRequest, User, UserPage};
-use super::repository::{ListQuery, RepoError, UserChanges, UserRepository};
+use super::repository::{ListQuery, RepoError, UserChanges};
+use super::store::UserStore;
 use crate::http::API_PREFIX;
+use crate::http::encoded_json::EncodedJson;
 use crate::http::error::{ApiError, ErrorCode, Errors, error_set};
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -34,7 +37,7 @@ enum Created {
     /// The user was created.
     #[oai(status = 201)]
     Created(
-        Json<User>,
+        EncodedJson<User>,
         /// The new user's URL.
         #[oai(header = "Location")]
         String,
@@ -48,7 +51,7 @@ enum Created {
 enum Found {
     /// The user.
     #[oai(status = 200)]
-    Ok(Json<User>, #[oai(header = "ETag")] String),
+    Ok(EncodedJson<User>, #[oai(header = "ETag")] String),
     /// The user is unchanged since the version in `If-None-Match`.
     #[oai(status = 304)]
     NotModified(#[oai(header = "ETag")] String),
@@ -58,7 +61,7 @@ enum Found {
 enum LookedUp {
     /// The user with this email.
     #[oai(status = 200)]
-    Ok(Json<User>, #[oai(header = "ETag")] String),
+    Ok(EncodedJson<User>, #[oai(header = "ETag")] String),
 }
 
 #[derive(ApiResponse)]
@@ -72,7 +75,7 @@ enum Listed {
 enum Updated {
     /// The user after the update.
     #[oai(status = 200)]
-    Ok(Json<User>, #[oai(header = "ETag")] String),
+    Ok(EncodedJson<User>, #[oai(header = "ETag")] String),
 }
 
 #[derive(ApiResponse)]
@@ -90,17 +93,14 @@ enum Key {
 }
 
 pub struct UsersApi {
-    repository: UserRepository,
+    users: UserStore,
     /// How long a client should wait before retrying when the database is unavailable.
     retry_after: Duration,
 }
 
 impl UsersApi {
-    pub fn new(repository: UserRepository, retry_after: Duration) -> Self {
-        Self {
-            repository,
-            retry_after,
-        }
+    pub fn new(users: UserStore, retry_after: Duration) -> Self {
+        Self { users, retry_after }
     }
 
     fn fail(&self, key: Key) -> impl Fn(RepoError) -> ApiError + '_ {
@@ -132,13 +132,16 @@ impl UsersApi {
     /// Create a user.
     #[oai(path = "/users", method = "post", operation_id = "createUser")]
     async fn create(&self, body: Json<CreateUserRequest>) -> Result<Created, Errors<CreateErrors>> {
-        let user = self
-            .repository
+        let (id, user) = self
+            .users
             .create(body.0.into())
             .await
             .map_err(self.fail(Key::Id))?;
-        let (tag, location) = (etag(user.version), location(user.id));
-        Ok(Created::Created(Json(user.into()), location, tag))
+        Ok(Created::Created(
+            user.body,
+            location(id),
+            etag(user.version),
+        ))
     }
 
     /// Get a user by id.
@@ -151,16 +154,12 @@ impl UsersApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<EntityTags>>,
     ) -> Result<Found, Errors<ReadErrors>> {
-        let user = self
-            .repository
-            .find_by_id(id.0)
-            .await
-            .map_err(self.fail(Key::Id))?;
+        let user = self.users.get(id.0).await.map_err(self.fail(Key::Id))?;
         let tag = etag(user.version);
         if none_match(if_none_match.0.as_ref(), user.version) {
             return Ok(Found::NotModified(tag));
         }
-        Ok(Found::Ok(Json(user.into()), tag))
+        Ok(Found::Ok(user.body, tag))
     }
 
     /// Look up a user by email, case-insensitively.
@@ -171,12 +170,11 @@ impl UsersApi {
     )]
     async fn lookup(&self, email: Query<EmailKey>) -> Result<LookedUp, Errors<ReadErrors>> {
         let user = self
-            .repository
-            .find_by_email(email.0.as_str())
+            .users
+            .lookup(email.0.as_str())
             .await
             .map_err(self.fail(Key::Email))?;
-        let tag = etag(user.version);
-        Ok(LookedUp::Ok(Json(user.into()), tag))
+        Ok(LookedUp::Ok(user.body, etag(user.version)))
     }
 
     /// List users, newest first, one page at a time.
@@ -203,11 +201,7 @@ impl UsersApi {
             name_prefix: name_prefix.0.map(NamePrefix::into_inner),
             updated_since: updated_since.0,
         };
-        let page = self
-            .repository
-            .list(query)
-            .await
-            .map_err(self.fail(Key::Id))?;
+        let page = self.users.list(query).await.map_err(self.fail(Key::Id))?;
         Ok(Listed::Ok(Json(UserPage {
             items: page.items.into_iter().map(User::from).collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()),
@@ -227,12 +221,11 @@ impl UsersApi {
     ) -> Result<Updated, Errors<UpdateErrors>> {
         let changes = UserChanges::try_from(body.0)?;
         let user = self
-            .repository
+            .users
             .update(id.0, changes, if_match(if_match_header.0.as_ref()))
             .await
             .map_err(self.fail(Key::Id))?;
-        let tag = etag(user.version);
-        Ok(Updated::Ok(Json(user.into()), tag))
+        Ok(Updated::Ok(user.body, etag(user.version)))
     }
 
     /// Delete a user.
@@ -245,7 +238,7 @@ impl UsersApi {
         #[oai(name = "If-Match")]
         if_match_header: Header<Option<EntityTags>>,
     ) -> Result<Deleted, Errors<DeleteErrors>> {
-        self.repository
+        self.users
             .delete(id.0, if_match(if_match_header.0.as_ref()))
             .await
             .map_err(self.fail(Key::Id))?;

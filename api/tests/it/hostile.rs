@@ -27,16 +27,7 @@ impl Service {
     }
 
     async fn counter(&self, series: &str) -> f64 {
-        let metrics = exchange(
-            self.binary.admin,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .expect("scrape");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
+        self.binary.counter(series).await
     }
 }
 

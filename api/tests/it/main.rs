@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod cache;
 mod concurrency;
 mod explain;
 mod fuzz;

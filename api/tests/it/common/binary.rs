@@ -79,6 +79,20 @@ impl Binary {
         stdout
     }
 
+    /// The value of one series of its `/metrics`, e.g. `foo_total{a="b"}`.
+    pub async fn counter(&self, series: &str) -> f64 {
+        let metrics = exchange(
+            self.admin,
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("scrape");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
+    }
+
     /// Kills it; the log lines it wrote.
     pub async fn kill(mut self) -> String {
         self.child.kill().await.unwrap();

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod redis_server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,424 @@
+//! The cache wing: users by id and the email -> user mapping in Redis, kept coherent across
+//! every api instance that shares the Redis. Nothing here knows what a user is beyond its id,
+//! its version and its JSON.
+//!
+//! The rules (docs/cache.md has the promise they keep and its limits):
+//! 1. A read trusts an entry only when it is stamped with the current generation; one `MGET`
+//!    (or one script for a lookup) reads both.
+//! 2. Every store, a fill after a miss or a write after its commit, is stamped with the
+//!    generation its instance saw *before* the database read or the commit, and never lowers
+//!    an entry's version (`store.lua`, atomic in Redis). A fill that read an old row cannot
+//!    overwrite the write that followed it.
+//! 3. A delete leaves a tombstone that no store overwrites while it lives (`CACHE_TTL_SECS`).
+//! 4. A write whose store or tombstone could not be made (Redis slow, down, or this instance
+//!    already bypassing it) leaves this instance owing a generation bump: until its bump has
+//!    landed it answers every read from the database, and the bump orphans every entry
+//!    stamped before it, stale or not.
+//! 5. The cache never fails a request: a call slower than `CACHE_TIMEOUT_MS` or failing is
+//!    abandoned, the database answers, and the instance stops asking Redis until a probe in the
+//!    background succeeds (a bump, when one is owed).
+
+mod entry;
+mod health;
+pub mod keys;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use observability::cache::{CacheResult, record};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisResult, Script};
+use uuid::Uuid;
+
+pub use entry::Entry;
+use health::Health;
+
+use crate::config::CacheConfig;
+
+/// The cache calls, as `cache_requests_total{operation}` names them.
+pub mod operation {
+    pub const GET: &str = "user.get";
+    pub const LOOKUP: &str = "user.lookup";
+    pub const FILL: &str = "user.fill";
+    pub const STORE: &str = "user.store";
+    pub const DELETE: &str = "user.delete";
+    pub const BUMP: &str = "generation.bump";
+    pub const PROBE: &str = "generation.get";
+    pub const INIT: &str = "generation.init";
+    pub const ALL: [&str; 8] = [GET, LOOKUP, FILL, STORE, DELETE, BUMP, PROBE, INIT];
+}
+
+const BUMP: &str = include_str!("bump.lua");
+
+/// How often an instance that stopped using the cache tries it again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The generation an instance saw last: what its next store is stamped with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp(u64);
+
+/// What a read found.
+#[derive(Debug)]
+pub enum Read {
+    Hit(Entry),
+    /// Not cached, or not current: read the database, then [`Cache::fill`] with this stamp.
+    Miss(Stamp),
+    /// The cache was not asked or did not answer: read the database, do not fill.
+    Unavailable,
+}
+
+/// A test hook, run between a fill's database read and its store.
+pub type FillHook = dyn Fn(Uuid) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+
+/// The cache client of one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache(Arc<Inner>);
+
+struct Inner {
+    redis: ConnectionManager,
+    ttl_secs: u64,
+    timeout: Duration,
+    health: Health,
+    /// The generation this instance saw last (0: none yet, which no entry is stamped with).
+    generation: AtomicU64,
+    store: Script,
+    lookup: Script,
+    fill_hook: ArcSwapOption<Box<FillHook>>,
+}
+
+impl Cache {
+    /// A client for `config.url`. Connects lazily: a Redis that is down at start-up only means
+    /// bypassed reads until it is up.
+    pub fn new(config: &CacheConfig) -> RedisResult<Self> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(500))))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(2);
+        let redis = ConnectionManager::new_lazy_with_config(client, manager)?;
+        observability::cache::register_operations(&operation::ALL);
+        Ok(Self(Arc::new(Inner {
+            redis,
+            ttl_secs: config.ttl.as_secs(),
+            timeout: config.timeout,
+            health: Health::default(),
+            generation: AtomicU64::new(0),
+            store: Script::new(include_str!("store.lua")),
+            lookup: Script::new(include_str!("lookup.lua")),
+            fill_hook: ArcSwapOption::empty(),
+        })))
+    }
+
+    /// Makes the first connection, so the first requests do not pay for it, and learns the
+    /// generation (starting one on a new Redis), so the first writes' stores are readable. A
+    /// failure only means bypassed reads until a probe succeeds: the cache is optional.
+    pub async fn warm_up(&self) {
+        self.start_generation().await;
+        if self.call(operation::PROBE, self.probe()).await.is_err() {
+            self.failed(false);
+        }
+    }
+
+    /// Starts a generation where there is none (a new or flushed Redis) at a random value, so
+    /// that no store stamped before a flush can match it.
+    async fn start_generation(&self) {
+        let mut redis = self.0.redis.clone();
+        let init = redis.set_options::<_, _, ()>(
+            keys::GENERATION,
+            random_generation(),
+            redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX),
+        );
+        match self.call(operation::INIT, init).await {
+            Ok((_, elapsed)) => record(operation::INIT, CacheResult::Ok, Some(elapsed)),
+            Err(()) => self.failed(false),
+        }
+    }
+
+    /// The generation to stamp a write's store with: take it before the write's commit.
+    pub fn stamp(&self) -> Stamp {
+        Stamp(self.0.generation.load(Ordering::Relaxed))
+    }
+
+    /// The user with this id.
+    pub async fn get(&self, id: Uuid) -> Read {
+        if !self.0.health.usable() {
+            record(operation::GET, CacheResult::Bypass, None);
+            return Read::Unavailable;
+        }
+        let mut redis = self.0.redis.clone();
+        let keys = [keys::GENERATION.to_owned(), keys::user(id)];
+        let read = redis.mget::<_, (Option<Bytes>, Option<Bytes>)>(&keys);
+        match self.call(operation::GET, read).await {
+            Ok(((generation, value), elapsed)) => {
+                self.read(operation::GET, generation, value, elapsed, |_| true)
+                    .await
+            }
+            Err(()) => {
+                self.failed(false);
+                Read::Unavailable
+            }
+        }
+    }
+
+    /// The user an email points to, when `owns` agrees that the entry has that email (an
+    /// email's pointer may be older than the user's last change of address).
+    pub async fn lookup(&self, email: &str, owns: impl Fn(&Entry) -> bool) -> Read {
+        let Some(email_key) = keys::email(email) else {
+            return Read::Unavailable;
+        };
+        if !self.0.health.usable() {
+            record(operation::LOOKUP, CacheResult::Bypass, None);
+            return Read::Unavailable;
+        }
+        let mut redis = self.0.redis.clone();
+        let mut invocation = self.0.lookup.prepare_invoke();
+        invocation
+            .key(keys::GENERATION)
+            .key(email_key)
+            .arg(keys::USER_PREFIX);
+        let read = invocation.invoke_async::<(Option<Bytes>, Option<Bytes>)>(&mut redis);
+        match self.call(operation::LOOKUP, read).await {
+            Ok(((generation, value), elapsed)) => {
+                self.read(operation::LOOKUP, generation, value, elapsed, owns)
+                    .await
+            }
+            Err(()) => {
+                self.failed(false);
+                Read::Unavailable
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        operation: &'static str,
+        generation: Option<Bytes>,
+        value: Option<Bytes>,
+        elapsed: Duration,
+        accept: impl Fn(&Entry) -> bool,
+    ) -> Read {
+        let stamp = generation
+            .as_deref()
+            .and_then(|generation| std::str::from_utf8(generation).ok()?.parse().ok());
+        let Some(stamp) = stamp else {
+            // A flushed (or new) Redis: start a generation; fills resume from the next read.
+            record(operation, CacheResult::Miss, Some(elapsed));
+            self.start_generation().await;
+            return Read::Unavailable;
+        };
+        self.0.generation.store(stamp, Ordering::Relaxed);
+        let generation = generation.unwrap_or_default();
+        match value.and_then(|value| entry::current(value, &generation)) {
+            Some(entry) if accept(&entry) => {
+                record(operation, CacheResult::Hit, Some(elapsed));
+                Read::Hit(entry)
+            }
+            _ => {
+                record(operation, CacheResult::Miss, Some(elapsed));
+                Read::Miss(Stamp(stamp))
+            }
+        }
+    }
+
+    /// After a miss: stores what the database answered, unless the cache holds something at
+    /// least as new by then. `email` also points that address at the user.
+    pub async fn fill(&self, stamp: Stamp, id: Uuid, entry: &Entry, email: Option<&str>) {
+        if let Some(hook) = self.0.fill_hook.load_full() {
+            hook(id).await;
+        }
+        // A fill that is not made leaves nothing stale behind: no bump owed.
+        self.put(operation::FILL, stamp, id, entry, email, false)
+            .await;
+    }
+
+    /// After a write's commit, before its response: the user as written, with the stamp taken
+    /// before the commit.
+    pub async fn store(&self, stamp: Stamp, id: Uuid, entry: &Entry, email: &str) {
+        self.put(operation::STORE, stamp, id, entry, Some(email), true)
+            .await;
+    }
+
+    async fn put(
+        &self,
+        operation: &'static str,
+        stamp: Stamp,
+        id: Uuid,
+        entry: &Entry,
+        email: Option<&str>,
+        owes_bump_if_lost: bool,
+    ) {
+        if !self.0.health.usable() {
+            record(operation, CacheResult::Bypass, None);
+            if owes_bump_if_lost {
+                self.lost_write().await;
+            }
+            return;
+        }
+        let mut invocation = self.0.store.prepare_invoke();
+        invocation.key(keys::user(id)).key(keys::GENERATION);
+        if let Some(email_key) = email.and_then(keys::email) {
+            invocation.key(email_key);
+        }
+        invocation
+            .arg(stamp.0)
+            .arg(entry.version)
+            .arg(entry.json.as_ref())
+            .arg(self.0.ttl_secs)
+            .arg(keys::user_suffix(id));
+        let mut redis = self.0.redis.clone();
+        let stored = invocation.invoke_async::<i64>(&mut redis);
+        match self.call(operation, stored).await {
+            Ok((_, elapsed)) => record(operation, CacheResult::Ok, Some(elapsed)),
+            Err(()) if owes_bump_if_lost => self.lost_write().await,
+            Err(()) => self.failed(false),
+        }
+    }
+
+    /// After a delete's commit, before its response: a tombstone no racing fill can replace.
+    pub async fn delete(&self, id: Uuid) {
+        if !self.0.health.usable() {
+            record(operation::DELETE, CacheResult::Bypass, None);
+            self.lost_write().await;
+            return;
+        }
+        let mut redis = self.0.redis.clone();
+        let tombstone = redis.set_ex::<_, _, ()>(keys::user(id), entry::TOMBSTONE, self.0.ttl_secs);
+        match self.call(operation::DELETE, tombstone).await {
+            Ok((_, elapsed)) => record(operation::DELETE, CacheResult::Ok, Some(elapsed)),
+            Err(()) => self.lost_write().await,
+        }
+    }
+
+    /// A committed write the cache did not take: this instance stops trusting the cache until a
+    /// bump has landed, and sends one now, before the write's response. On a Redis that is
+    /// paused or slow the bump then waits in the connection ahead of any read sent after the
+    /// response; the recovery loop repeats it until one is answered.
+    async fn lost_write(&self) {
+        self.failed(true);
+        if let Ok((_, elapsed)) = self.call(operation::BUMP, self.bump()).await {
+            record(operation::BUMP, CacheResult::Ok, Some(elapsed));
+        }
+    }
+
+    /// Runs `future` within `CACHE_TIMEOUT_MS`; a failure is counted as an error.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        future: impl Future<Output = RedisResult<T>>,
+    ) -> Result<(T, Duration), ()> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.0.timeout, future).await;
+        let elapsed = started.elapsed();
+        match outcome {
+            Ok(Ok(value)) => Ok((value, elapsed)),
+            Ok(Err(error)) => {
+                tracing::debug!(operation, %error, "cache call failed");
+                record(operation, CacheResult::Error, Some(elapsed));
+                Err(())
+            }
+            Err(_) => {
+                tracing::debug!(operation, "cache call timed out");
+                record(operation, CacheResult::Error, Some(elapsed));
+                Err(())
+            }
+        }
+    }
+
+    /// Stops using the cache until a probe succeeds; with `owes_bump`, until a bump has landed.
+    fn failed(&self, owes_bump: bool) {
+        if self.0.health.fail(owes_bump) {
+            tracing::warn!(
+                "cache unavailable or slower than CACHE_TIMEOUT_MS: reads go to the database \
+                 until it answers again"
+            );
+            tokio::spawn(recover(Arc::downgrade(&self.0)));
+        }
+    }
+
+    async fn probe(&self) -> RedisResult<()> {
+        let mut redis = self.0.redis.clone();
+        let generation: Option<u64> = redis.get(keys::GENERATION).await?;
+        if let Some(generation) = generation {
+            self.0.generation.store(generation, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn bump(&self) -> RedisResult<()> {
+        let mut redis = self.0.redis.clone();
+        // EVAL, not EVALSHA: a bump sent to a paused Redis must run when it resumes, even if
+        // that Redis never saw the script (an EVALSHA would get NOSCRIPT after its caller had
+        // stopped waiting to load the script and retry).
+        let generation: u64 = redis::cmd("EVAL")
+            .arg(BUMP)
+            .arg(1)
+            .arg(keys::GENERATION)
+            .arg(random_generation())
+            .query_async(&mut redis)
+            .await?;
+        self.0.generation.store(generation, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether this instance answers reads from the cache now (false while it recovers).
+    pub fn in_use(&self) -> bool {
+        self.0.health.usable()
+    }
+
+    /// Test hook: runs `hook` in every fill between the database read and the store.
+    #[doc(hidden)]
+    pub fn set_fill_hook(&self, hook: Option<Box<FillHook>>) {
+        self.0.fill_hook.store(hook.map(Arc::new));
+    }
+}
+
+/// Probes until the cache answers (bumping the generation when a lost write owes it), then
+/// puts the instance back on the cache. Ends early when the app is dropped.
+async fn recover(inner: std::sync::Weak<Inner>) {
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        first = false;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let cache = Cache(inner);
+        let state = cache.0.health.state();
+        let probed = if state.owes_bump() {
+            match cache.call(operation::BUMP, cache.bump()).await {
+                Ok((_, elapsed)) => {
+                    record(operation::BUMP, CacheResult::Ok, Some(elapsed));
+                    true
+                }
+                Err(()) => false,
+            }
+        } else {
+            match cache.call(operation::PROBE, cache.probe()).await {
+                Ok((_, elapsed)) => {
+                    record(operation::PROBE, CacheResult::Ok, Some(elapsed));
+                    true
+                }
+                Err(()) => false,
+            }
+        };
+        if probed && cache.0.health.recovered(state) {
+            tracing::info!("cache answering again: reads use it");
+            return;
+        }
+    }
+}
+
+/// A random start for a generation: far from any earlier one, below 2^52 (Lua's numbers).
+fn random_generation() -> u64 {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    (1 << 40) + seed % (1 << 51)
+}
