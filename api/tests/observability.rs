@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::redis_server::TestRedis;
 use common::{Backend, TestDb, eventually, free_port, percent_encode, test_config};
 use poem::test::TestClient;
 use serde_json::{Value, json};
@@ -73,7 +74,7 @@ fn spawn(program: &str, args: &[String], env: &[(&str, String)]) -> Child {
         command.env(key, value);
     }
     command.spawn().unwrap_or_else(|error| {
-        panic!("cannot run {program} ({error}): install Debian's prometheus and prometheus-postgres-exporter (.ci/run does)")
+        panic!("cannot run {program} ({error}): install Debian's prometheus, prometheus-postgres-exporter and prometheus-redis-exporter (.ci/run does)")
     })
 }
 
@@ -88,8 +89,14 @@ struct Served {
 
 impl Served {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(overrides: &[(&str, &str)]) -> Self {
         let db = TestDb::new(Backend::Postgres).await;
-        let config = test_config(db.url(), &[("DB_POOL_METRICS_INTERVAL_SECS", "1")]);
+        let mut overrides = overrides.to_vec();
+        overrides.push(("DB_POOL_METRICS_INTERVAL_SECS", "1"));
+        let config = test_config(db.url(), &overrides);
         let listeners = api::Listeners::bind(&config).await.unwrap();
         let (public, admin) = (listeners.public_addr(), listeners.admin_addr());
         let app = api::build(config).await.unwrap();
@@ -240,14 +247,28 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
-    let served = Arc::new(Served::start().await);
+    // The cache on, with a Redis of the test's own and redis-exporter watching it.
+    let redis = TestRedis::start().await;
+    let redis_url = redis.url();
+    let served = Arc::new(Served::start_with(&[("REDIS_URL", redis_url.as_str())]).await);
     let dir = tempfile::tempdir().unwrap();
     let exporter_port = free_port();
+    let redis_exporter_port = free_port();
     let prometheus_port = free_port();
     let _exporter = spawn(
         "prometheus-postgres-exporter",
         &[format!("--web.listen-address=127.0.0.1:{exporter_port}")],
         &[("DATA_SOURCE_NAME", served.db.url().to_owned())],
+    );
+    let _redis_exporter = spawn(
+        "prometheus-redis-exporter",
+        &[format!(
+            "--web.listen-address=127.0.0.1:{redis_exporter_port}"
+        )],
+        &[
+            ("REDIS_ADDR", redis.address()),
+            ("REDIS_PASSWORD", redis.password().to_owned()),
+        ],
     );
     let rules = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -256,7 +277,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  \
          - job_name: user-service\n    static_configs:\n      - targets: ['{}']\n  \
-         - job_name: postgres-exporter\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n",
+         - job_name: postgres-exporter\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n  \
+         - job_name: redis-exporter\n    static_configs:\n      - targets: ['127.0.0.1:{redis_exporter_port}']\n",
         served.admin
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();

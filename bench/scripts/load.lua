@@ -90,6 +90,27 @@ local function update()
   return wrk.format("PATCH", "/api/v1/users/" .. user_id(update_ids[i]), headers, '{"name":"Bench Renamed"}')
 end
 
+-- Skewed reads: user n with a probability about proportional to 1/n (Zipf, exponent 1), the
+-- continuous inverse of its CDF: n = (USERS + 1)^u. Hot users are few, as in real traffic.
+local function zipf_get_by_id()
+  local n = math.floor((USERS + 1) ^ math.random())
+  if n > USERS then n = USERS end
+  return wrk.format("GET", "/api/v1/users/" .. user_id(n))
+end
+
+-- Every user once by id and once by email, each thread its share in turn: fills a cache.
+local warm_count = 0
+local function warm()
+  local n = math.floor(warm_count / 2) * THREADS + index + 1
+  local by_email = warm_count % 2 == 1
+  warm_count = warm_count + 1
+  n = (n - 1) % USERS + 1
+  if by_email then
+    return wrk.format("GET", "/api/v1/users/lookup?email=user" .. n .. "%40example.com")
+  end
+  return wrk.format("GET", "/api/v1/users/" .. user_id(n))
+end
+
 -- 80% reads, 20% writes.
 local function mix()
   local r = math.random(100)
@@ -102,6 +123,15 @@ local function mix()
 end
 
 request = {{SCENARIO}}
+
+-- The warm-up ends when every thread has walked its share of the users.
+if request == warm then
+  function response()
+    if warm_count >= 2 * math.ceil(USERS / THREADS) then
+      wrk.thread:stop()
+    end
+  end
+end
 
 if DELAY_MS > 0 then
   function delay()

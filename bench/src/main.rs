@@ -2,6 +2,7 @@
 //! runs pgbench on the same statements for the ceiling, and writes bench/RESULTS.md and a
 //! chart. See bench/README.md.
 
+mod cache;
 mod data;
 mod explain;
 mod instructions;
@@ -112,8 +113,8 @@ struct RunArgs {
     /// Client connections of the overload check (get by id, shipped settings); 0 to skip.
     #[arg(long, default_value_t = 256)]
     high_connections: u32,
-    /// Configurations, in order: before, plan1, tuned, tuned-pg, pool-N, or the name of a
-    /// `--build`.
+    /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, or the name
+    /// of a `--build`.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
     /// Connections per lane to sweep (N for reads and N for writes; get by id, create and mix,
@@ -259,6 +260,15 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             env: Vec::new(),
             binary: None,
         },
+        // The shipped defaults with the cache on (the bench's own Redis, warmed with every
+        // user by id and by email before the scenarios; the skewed one starts cold).
+        "cached" => Config {
+            name: name.into(),
+            indexed: true,
+            postgres: Settings::Server,
+            env: env(&[("REDIS_URL", &cache::url())]),
+            binary: None,
+        },
         // The shipped defaults with PostgreSQL tuned as docker-compose.yml tunes it (ALTER
         // SYSTEM and a restart of the local cluster; undone at the end of the run).
         "tuned-pg" => Config {
@@ -287,7 +297,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             },
             None => {
                 bail!(
-                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, pool-N or a --build name"
+                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N or a --build name"
                 )
             }
         },
@@ -319,6 +329,8 @@ pub struct Report {
     /// (build, instructions per request by scenario), with `--instructions`.
     pub instructions: Vec<(String, Vec<instructions::Counted>)>,
     pub explain: Vec<explain::Timing>,
+    /// Redis memory per user, by id and by email, after the `cached` warm-up (bytes).
+    pub cache_bytes_per_user: Vec<f64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -327,6 +339,8 @@ pub struct Sample {
     pub rss_mib: f64,
     /// Cores the service used on average.
     pub cpu: f64,
+    /// With the cache on: reads it answered, of all reads asked of it.
+    pub hit_ratio: Option<f64>,
 }
 
 struct Bench<'a> {
@@ -334,6 +348,10 @@ struct Bench<'a> {
     run: &'a RunArgs,
     dir: tempfile::TempDir,
     tag: String,
+    /// The bench's Redis, when a configuration has the cache on.
+    redis: Option<cache::Server>,
+    /// Redis memory per user after each warm-up.
+    cache_bytes_per_user: std::sync::Mutex<Vec<f64>>,
 }
 
 async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
@@ -345,11 +363,17 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
             bail!("cargo build --release -p api failed");
         }
     }
+    let redis = match run.configs.iter().any(|name| name == "cached") {
+        true => Some(cache::Server::start().await?),
+        false => None,
+    };
     let bench = Bench {
         common,
         run,
         dir: tempfile::tempdir()?,
         tag: chrono::Utc::now().timestamp().to_string(),
+        redis,
+        cache_bytes_per_user: Default::default(),
     };
     let indexed_url = seed::with_database(&common.database_url, &common.database);
     let noidx_url =
@@ -383,6 +407,7 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         middleware_calls: 0,
         instructions: Vec::new(),
         explain: explain::compare(&indexed_url, &noidx_url, common.users).await?,
+        cache_bytes_per_user: Vec::new(),
     };
     let urls = Urls {
         indexed: indexed_url,
@@ -407,6 +432,7 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         switch.set(Settings::Server).await?;
     }
     rounds?;
+    report.cache_bytes_per_user = bench.cache_bytes_per_user.lock().unwrap().clone();
     eprintln!("each middleware's cost, in-process");
     // Fewer calls on a seconds-long run (the smoke): it proves the measurement, no more.
     report.middleware_calls = if run.seconds >= 5 {
@@ -657,26 +683,62 @@ impl Bench<'_> {
         connections: u32,
     ) -> Result<Vec<(String, Sample)>> {
         let binary = std::fs::canonicalize(binary).context("the api binary")?;
+        let redis = self
+            .redis
+            .as_ref()
+            .filter(|_| env.iter().any(|(name, _)| name == "REDIS_URL"));
+        let empty_cache = match redis {
+            Some(redis) => {
+                redis.flush()?;
+                Some(redis.used_memory()?)
+            }
+            None => None,
+        };
         let service = Service::start(&binary, url, env).await?;
         let target = format!("http://{}", service::PUBLIC);
         let warm = self.script("get_by_id", url).await?;
         load::wrk(&warm, &target, connections, 2, Duration::from_secs(2)).await?;
+        if let (Some(redis), Some(empty)) = (redis, empty_cache) {
+            // Every user by id and by email (the script stops when done); a seconds-long run
+            // (the smoke) only starts it.
+            let users = self.common.users;
+            let warm = self.script("warm", url).await?;
+            let limit = Duration::from_secs(if self.run.seconds >= 5 { 600 } else { 2 });
+            load::wrk(&warm, &target, connections, 2, limit).await?;
+            let per_user = redis.used_memory()?.saturating_sub(empty) as f64 / users as f64;
+            eprintln!("  cache warm: {per_user:.0} bytes per user");
+            self.cache_bytes_per_user.lock().unwrap().push(per_user);
+        }
         let mut samples = Vec::new();
         for scenario in scenarios {
             let script = self.script(scenario.lua, url).await?;
+            if let Some(redis) = redis.filter(|_| scenario.lua == "zipf_get_by_id") {
+                redis.flush()?;
+            }
+            let metrics_before = match redis {
+                Some(_) => service.metrics().await?,
+                None => String::new(),
+            };
             let cpu_before = service.cpu_seconds();
             let measured = load::wrk(&script, &target, connections, 2, duration).await?;
             let cpu = (service.cpu_seconds() - cpu_before) / duration.as_secs_f64();
             let rss_mib = service.rss() as f64 / (1024.0 * 1024.0);
+            let hit_ratio = match redis {
+                Some(_) => cache::hit_ratio(&metrics_before, &service.metrics().await?),
+                None => None,
+            };
             eprintln!(
-                "  {:<16} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  rss {:.0} MiB  cpu {:.2}",
+                "  {:<16} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  rss {:.0} MiB  cpu {:.2}{}",
                 scenario.name,
                 measured.requests_per_sec,
                 measured.p50_ms,
                 measured.p99_ms,
                 measured.errors,
                 rss_mib,
-                cpu
+                cpu,
+                hit_ratio
+                    .map(|ratio| format!("  hits {:.1}%", 100.0 * ratio))
+                    .unwrap_or_default()
             );
             samples.push((
                 scenario.name.to_owned(),
@@ -684,6 +746,7 @@ impl Bench<'_> {
                     load: measured,
                     rss_mib,
                     cpu,
+                    hit_ratio,
                 },
             ));
             if scenario.lua == "create" || scenario.lua == "mix" {
@@ -829,6 +892,8 @@ async fn soak(
         run: &run,
         dir: tempfile::tempdir()?,
         tag: chrono::Utc::now().timestamp().to_string(),
+        redis: None,
+        cache_bytes_per_user: Default::default(),
     };
     let url = seed::with_database(&common.database_url, &common.database);
     let service = Service::start(&std::fs::canonicalize(&run.binary)?, &url, &[]).await?;
@@ -884,7 +949,7 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
         rounds: 1,
         connections: 4,
         high_connections: 8,
-        configs: vec!["before".into(), "tuned".into()],
+        configs: vec!["before".into(), "tuned".into(), "cached".into()],
         sweep: vec![1],
         scenarios: Vec::new(),
         binary,
@@ -908,6 +973,14 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
         if sample.load.requests_per_sec <= 0.0 || sample.load.errors > 0 {
             bail!("{config} / {scenario}: {:?}", sample.load);
         }
+    }
+    let cached_get = report
+        .service
+        .get(&("cached".to_owned(), "get by id".to_owned()))
+        .and_then(|samples| samples[0].hit_ratio);
+    // The smoke's warm-up is cut short: some reads hit, not all.
+    if !cached_get.is_some_and(|ratio| ratio > 0.0) {
+        bail!("cached / get by id: hit ratio {cached_get:?} after the warm-up");
     }
     for ((_, scenario), runs) in &report.pgbench {
         if runs[0].requests_per_sec <= 0.0 {

@@ -36,6 +36,7 @@ struct Summary {
     errors: u64,
     rss: f64,
     cpu: f64,
+    hit_ratio: Option<f64>,
 }
 
 fn summarize(samples: &[Sample]) -> Summary {
@@ -46,6 +47,8 @@ fn summarize(samples: &[Sample]) -> Summary {
         errors: samples.iter().map(|s| s.load.errors).sum(),
         rss: samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max),
         cpu: median(samples.iter().map(|s| s.cpu).collect()),
+        hit_ratio: Some(median(samples.iter().filter_map(|s| s.hit_ratio).collect()))
+            .filter(|ratio| !ratio.is_nan()),
     }
 }
 
@@ -106,6 +109,9 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
     }
     if has("tuned") && has("tuned-pg") {
         postgres_tuning(&mut md, report)?;
+    }
+    if has("tuned") && has("cached") {
+        cache_comparison(&mut md, report)?;
     }
     if !report.sweep.is_empty() {
         pool_sweep(&mut md, report)?;
@@ -206,6 +212,66 @@ fn configuration_tables(md: &mut String, report: &Report) -> Result<()> {
         writeln!(md)?;
     }
 
+    Ok(())
+}
+
+/// The cache on (`cached`, warm but for the skewed scenario) against the same build without
+/// it (`tuned`) and against pgbench, measured side by side.
+fn cache_comparison(md: &mut String, report: &Report) -> Result<()> {
+    writeln!(
+        md,
+        "## The cache: `cached` against `tuned` and pgbench
+"
+    )?;
+    writeln!(
+        md,
+        "`cached` is `tuned` with `REDIS_URL` set (the bench's own Redis on this machine), warmed \
+         with every user by id and by email before the scenarios; `zipf get by id` starts cold \
+         (Redis flushed): its hit ratio is that of a skewed load filling the cache. Hit ratio: \
+         reads the cache answered, of the reads asked of it (`cache_requests_total`).\n"
+    )?;
+    writeln!(
+        md,
+        "| scenario | tuned req/s | cached req/s | cached / tuned | cached / pgbench | p99 tuned ms | p99 cached ms | hit ratio |"
+    )?;
+    writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
+    for scenario in &report.scenarios {
+        let (Some(tuned), Some(cached)) = (
+            service(report, "tuned", scenario),
+            service(report, "cached", scenario),
+        ) else {
+            continue;
+        };
+        let pg = pgbench_rps(report, Settings::Server, scenario);
+        writeln!(
+            md,
+            "| {scenario} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.2} | {:.2} | {} |",
+            tuned.rps,
+            cached.rps,
+            cached.rps / tuned.rps,
+            cached.rps / pg,
+            tuned.p99,
+            cached.p99,
+            cached
+                .hit_ratio
+                .map(|ratio| format!("{:.1}%", 100.0 * ratio))
+                .unwrap_or_default()
+        )?;
+    }
+    if !report.cache_bytes_per_user.is_empty() {
+        writeln!(
+            md,
+            "\nRedis memory per cached user (its entry by id and its email's key, after the \
+             warm-up; `used_memory` of `INFO memory`): {:.0} bytes, so {:.0} MiB per million \
+             users.",
+            median(report.cache_bytes_per_user.clone()),
+            median(report.cache_bytes_per_user.clone()) * 1e6 / (1024.0 * 1024.0)
+        )?;
+    }
+    writeln!(md)?;
     Ok(())
 }
 

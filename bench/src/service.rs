@@ -101,6 +101,17 @@ impl Service {
         ticks / clock_ticks()
     }
 
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        let mut stream = TcpStream::connect(ADMIN).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response)
+    }
+
     pub async fn stop(mut self) -> Result<()> {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])

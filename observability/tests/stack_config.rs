@@ -47,6 +47,8 @@ fn compose_has_every_service_with_health_and_storage() {
             "prometheus",
             "grafana",
             "postgres-exporter",
+            "redis",
+            "redis-exporter",
             "jaeger"
         ])
     );
@@ -54,7 +56,7 @@ fn compose_has_every_service_with_health_and_storage() {
         compose["services"]["jaeger"]["profiles"][0], "tracing",
         "Jaeger runs only when asked for"
     );
-    for service in ["postgres", "api", "prometheus", "grafana"] {
+    for service in ["postgres", "redis", "api", "prometheus", "grafana"] {
         assert!(
             compose["services"][service]["healthcheck"]["test"].is_array(),
             "{service} has a healthcheck"
@@ -110,6 +112,27 @@ fn api_waits_for_a_healthy_database_and_reads_env() {
         "{url}"
     );
     assert_eq!(api["environment"]["ADMIN_ADDR"], "0.0.0.0:9464");
+    // The cache: the api's URL carries the password Redis requires, both from REDIS_PASSWORD.
+    let redis_url = api["environment"]["REDIS_URL"].as_str().unwrap();
+    assert!(
+        redis_url.starts_with("redis://:${REDIS_PASSWORD") && redis_url.ends_with("@redis:6379/0"),
+        "{redis_url}"
+    );
+    let redis = compose["services"]["redis"]["command"].as_array().unwrap();
+    let requirepass = redis
+        .iter()
+        .position(|arg| arg == "--requirepass")
+        .expect("Redis requires a password");
+    assert!(
+        redis[requirepass + 1]
+            .as_str()
+            .unwrap()
+            .starts_with("${REDIS_PASSWORD")
+    );
+    assert_eq!(
+        compose["services"]["redis-exporter"]["environment"]["REDIS_PASSWORD"],
+        redis[requirepass + 1]
+    );
     let tokens = api["environment"]["API_TOKENS"]
         .as_str()
         .unwrap_or_default();
@@ -225,6 +248,7 @@ fn dashboards_have_stable_uids_a_datasource_variable_and_rate_intervals() {
         titles,
         [
             "user-service: PostgreSQL",
+            "user-service: cache",
             "user-service: database and pool",
             "user-service: overview"
         ]
@@ -244,7 +268,7 @@ fn dashboards_have_stable_uids_a_datasource_variable_and_rate_intervals() {
 
 #[test]
 fn dashboards_query_only_exported_metrics() {
-    // The service's metrics (docs/architecture.md) and postgres-exporter's.
+    // The service's metrics (docs/architecture.md), postgres-exporter's and redis-exporter's.
     let known = [
         "http_server_requests_total",
         "http_server_request_duration_seconds_bucket",
@@ -271,6 +295,16 @@ fn dashboards_query_only_exported_metrics() {
         "pg_locks_count",
         "pg_stat_database_deadlocks",
         "pg_stat_activity_max_tx_duration",
+        "cache_requests_total",
+        "cache_operation_duration_seconds_bucket",
+        "redis_memory_used_bytes",
+        "redis_memory_max_bytes",
+        "redis_db_keys",
+        "redis_evicted_keys_total",
+        "redis_expired_keys_total",
+        "redis_commands_processed_total",
+        "redis_connected_clients",
+        "redis_up",
     ];
     let mut panels = 0;
     for (file, dashboard) in dashboards() {
@@ -309,7 +343,7 @@ fn metric_names(expr: &str) -> Vec<String> {
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
         let word = &tail[..end];
-        let is_metric = ["http_", "database_", "process_", "pg_"]
+        let is_metric = ["http_", "database_", "process_", "pg_", "cache_", "redis_"]
             .iter()
             .any(|p| word.starts_with(p));
         if is_metric && !tail[end..].trim_start().starts_with('(') {

@@ -58,7 +58,15 @@ impl TestRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
+        format!("redis://:{PASSWORD}@{}/0", self.address())
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn password(&self) -> &'static str {
+        PASSWORD
     }
 
     /// A connection of the test's own, to look at or change what the service stored.
