@@ -120,7 +120,7 @@ impl Cache {
     /// failure only means bypassed reads until a probe succeeds: the cache is optional.
     pub async fn warm_up(&self) {
         self.start_generation().await;
-        if self.call(operation::PROBE, self.probe()).await.is_err() {
+        if !self.housekeeping(operation::PROBE, self.probe()).await {
             self.failed(false);
         }
     }
@@ -134,9 +134,8 @@ impl Cache {
             random_generation(),
             redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX),
         );
-        match self.call(operation::INIT, init).await {
-            Ok((_, elapsed)) => record(operation::INIT, CacheResult::Ok, Some(elapsed)),
-            Err(()) => self.failed(false),
+        if !self.housekeeping(operation::INIT, init).await {
+            self.failed(false);
         }
     }
 
@@ -301,8 +300,22 @@ impl Cache {
     /// response; the recovery loop repeats it until one is answered.
     async fn lost_write(&self) {
         self.failed(true);
-        if let Ok((_, elapsed)) = self.call(operation::BUMP, self.bump()).await {
-            record(operation::BUMP, CacheResult::Ok, Some(elapsed));
+        self.housekeeping(operation::BUMP, self.bump()).await;
+    }
+
+    /// Runs a call that reads no user (a probe, a bump, a new generation) and counts it; true
+    /// when it succeeded.
+    async fn housekeeping(
+        &self,
+        operation: &'static str,
+        future: impl Future<Output = RedisResult<()>>,
+    ) -> bool {
+        match self.call(operation, future).await {
+            Ok(((), elapsed)) => {
+                record(operation, CacheResult::Ok, Some(elapsed));
+                true
+            }
+            Err(()) => false,
         }
     }
 
@@ -393,21 +406,9 @@ async fn recover(inner: std::sync::Weak<Inner>) {
         let cache = Cache(inner);
         let state = cache.0.health.state();
         let probed = if state.owes_bump() {
-            match cache.call(operation::BUMP, cache.bump()).await {
-                Ok((_, elapsed)) => {
-                    record(operation::BUMP, CacheResult::Ok, Some(elapsed));
-                    true
-                }
-                Err(()) => false,
-            }
+            cache.housekeeping(operation::BUMP, cache.bump()).await
         } else {
-            match cache.call(operation::PROBE, cache.probe()).await {
-                Ok((_, elapsed)) => {
-                    record(operation::PROBE, CacheResult::Ok, Some(elapsed));
-                    true
-                }
-                Err(()) => false,
-            }
+            cache.housekeeping(operation::PROBE, cache.probe()).await
         };
         if probed && cache.0.health.recovered(state) {
             tracing::info!("cache answering again: reads use it");
