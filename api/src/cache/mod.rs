@@ -319,14 +319,17 @@ impl Cache {
         }
     }
 
-    /// Runs `future` within `CACHE_TIMEOUT_MS`; a failure is counted as an error.
+    /// Runs `future` within `CACHE_TIMEOUT_MS`; a failure is counted as an error. The client's
+    /// future goes to the heap, as the database's do (db/observe.rs): it is kilobytes, and every
+    /// layer above the handler would otherwise copy it each time it moves the request's future
+    /// (a cache hit spent 39% of its instructions in `memcpy`: bench/RESULTS.md).
     async fn call<T>(
         &self,
         operation: &'static str,
         future: impl Future<Output = RedisResult<T>>,
     ) -> Result<(T, Duration), ()> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.0.timeout, future).await;
+        let outcome = Box::pin(tokio::time::timeout(self.0.timeout, future)).await;
         let elapsed = started.elapsed();
         match outcome {
             Ok(Ok(value)) => Ok((value, elapsed)),
