@@ -113,13 +113,13 @@ struct RunArgs {
     /// Client connections of the overload check (get by id, shipped settings); 0 to skip.
     #[arg(long, default_value_t = 256)]
     high_connections: u32,
-    /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, or the name
-    /// of a `--build`.
+    /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N,
+    /// or the name of a `--build`.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
     /// Connections per lane to sweep (N for reads and N for writes; get by id, create and mix,
-    /// with the shipped settings otherwise); empty to skip.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    /// with the shipped settings otherwise); `--sweep` alone to skip.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,4,8,16")]
     sweep: Vec<u32>,
     /// Only these scenarios (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -278,6 +278,13 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             env: Vec::new(),
             binary: None,
         },
+        // The cache on, with N connections per lane (`cached-pool-N`).
+        other if other.starts_with("cached-pool-") => {
+            let mut pool = config(&other["cached-".len()..], run)?;
+            pool.name = name.into();
+            pool.env.push(("REDIS_URL".into(), cache::url()));
+            pool
+        }
         other => match other
             .strip_prefix("pool-")
             .and_then(|n| n.parse::<u32>().ok())
@@ -297,7 +304,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             },
             None => {
                 bail!(
-                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N or a --build name"
+                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N or a --build name"
                 )
             }
         },
@@ -363,7 +370,7 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
             bail!("cargo build --release -p api failed");
         }
     }
-    let redis = match run.configs.iter().any(|name| name == "cached") {
+    let redis = match run.configs.iter().any(|name| name.starts_with("cached")) {
         true => Some(cache::Server::start().await?),
         false => None,
     };

@@ -129,12 +129,15 @@ impl Cache {
     /// that no store stamped before a flush can match it.
     async fn start_generation(&self) {
         let mut redis = self.0.redis.clone();
-        let init = redis.set_options::<_, _, ()>(
-            keys::GENERATION,
-            random_generation(),
-            redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX),
+        let init = self.housekeeping(
+            operation::INIT,
+            redis.set_options::<_, _, ()>(
+                keys::GENERATION,
+                random_generation(),
+                redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX),
+            ),
         );
-        if !self.housekeeping(operation::INIT, init).await {
+        if !init.await {
             self.failed(false);
         }
     }
@@ -152,8 +155,11 @@ impl Cache {
         }
         let mut redis = self.0.redis.clone();
         let keys = [keys::GENERATION.to_owned(), keys::user(id)];
-        let read = redis.mget::<_, (Option<Bytes>, Option<Bytes>)>(&keys);
-        match self.call(operation::GET, read).await {
+        let read = self.call(
+            operation::GET,
+            redis.mget::<_, (Option<Bytes>, Option<Bytes>)>(&keys),
+        );
+        match read.await {
             Ok(((generation, value), elapsed)) => {
                 self.read(operation::GET, generation, value, elapsed, |_| true)
                     .await
@@ -181,8 +187,11 @@ impl Cache {
             .key(keys::GENERATION)
             .key(email_key)
             .arg(keys::USER_PREFIX);
-        let read = invocation.invoke_async::<(Option<Bytes>, Option<Bytes>)>(&mut redis);
-        match self.call(operation::LOOKUP, read).await {
+        let read = self.call(
+            operation::LOOKUP,
+            invocation.invoke_async::<(Option<Bytes>, Option<Bytes>)>(&mut redis),
+        );
+        match read.await {
             Ok(((generation, value), elapsed)) => {
                 self.read(operation::LOOKUP, generation, value, elapsed, owns)
                     .await
@@ -271,8 +280,8 @@ impl Cache {
             .arg(self.0.ttl_secs)
             .arg(keys::user_suffix(id));
         let mut redis = self.0.redis.clone();
-        let stored = invocation.invoke_async::<i64>(&mut redis);
-        match self.call(operation, stored).await {
+        let stored = self.call(operation, invocation.invoke_async::<i64>(&mut redis));
+        match stored.await {
             Ok((_, elapsed)) => record(operation, CacheResult::Ok, Some(elapsed)),
             Err(()) if owes_bump_if_lost => self.lost_write().await,
             Err(()) => self.failed(false),
@@ -287,8 +296,11 @@ impl Cache {
             return;
         }
         let mut redis = self.0.redis.clone();
-        let tombstone = redis.set_ex::<_, _, ()>(keys::user(id), entry::TOMBSTONE, self.0.ttl_secs);
-        match self.call(operation::DELETE, tombstone).await {
+        let tombstone = self.call(
+            operation::DELETE,
+            redis.set_ex::<_, _, ()>(keys::user(id), entry::TOMBSTONE, self.0.ttl_secs),
+        );
+        match tombstone.await {
             Ok((_, elapsed)) => record(operation::DELETE, CacheResult::Ok, Some(elapsed)),
             Err(()) => self.lost_write().await,
         }
@@ -305,43 +317,51 @@ impl Cache {
 
     /// Runs a call that reads no user (a probe, a bump, a new generation) and counts it; true
     /// when it succeeded.
-    async fn housekeeping(
-        &self,
+    fn housekeeping<'a>(
+        &'a self,
         operation: &'static str,
-        future: impl Future<Output = RedisResult<()>>,
-    ) -> bool {
-        match self.call(operation, future).await {
-            Ok(((), elapsed)) => {
-                record(operation, CacheResult::Ok, Some(elapsed));
-                true
+        future: impl Future<Output = RedisResult<()>> + Send + 'a,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        let call = self.call(operation, future);
+        async move {
+            match call.await {
+                Ok(((), elapsed)) => {
+                    record(operation, CacheResult::Ok, Some(elapsed));
+                    true
+                }
+                Err(()) => false,
             }
-            Err(()) => false,
         }
     }
 
-    /// Runs `future` within `CACHE_TIMEOUT_MS`; a failure is counted as an error. The client's
-    /// future goes to the heap, as the database's do (db/observe.rs): it is kilobytes, and every
-    /// layer above the handler would otherwise copy it each time it moves the request's future
-    /// (a cache hit spent 39% of its instructions in `memcpy`: bench/RESULTS.md).
-    async fn call<T>(
-        &self,
+    /// Runs `future` within `CACHE_TIMEOUT_MS`; a failure is counted as an error. Not `async`:
+    /// the client's future goes to the heap here, before any caller's state machine holds it,
+    /// as the database's do (db/observe.rs). It is kilobytes, and every layer above the handler
+    /// would otherwise copy it each time it moves the request's future (a cache hit spent 39%
+    /// of its instructions in `memcpy`: bench/RESULTS.md). Build `future` in the argument, not
+    /// in a local that lives across the await.
+    fn call<'a, T: 'a>(
+        &'a self,
         operation: &'static str,
-        future: impl Future<Output = RedisResult<T>>,
-    ) -> Result<(T, Duration), ()> {
+        future: impl Future<Output = RedisResult<T>> + Send + 'a,
+    ) -> impl Future<Output = Result<(T, Duration), ()>> + Send + 'a {
         let started = Instant::now();
-        let outcome = Box::pin(tokio::time::timeout(self.0.timeout, future)).await;
-        let elapsed = started.elapsed();
-        match outcome {
-            Ok(Ok(value)) => Ok((value, elapsed)),
-            Ok(Err(error)) => {
-                tracing::debug!(operation, %error, "cache call failed");
-                record(operation, CacheResult::Error, Some(elapsed));
-                Err(())
-            }
-            Err(_) => {
-                tracing::debug!(operation, "cache call timed out");
-                record(operation, CacheResult::Error, Some(elapsed));
-                Err(())
+        let future = Box::pin(tokio::time::timeout(self.0.timeout, future));
+        async move {
+            let outcome = future.await;
+            let elapsed = started.elapsed();
+            match outcome {
+                Ok(Ok(value)) => Ok((value, elapsed)),
+                Ok(Err(error)) => {
+                    tracing::debug!(operation, %error, "cache call failed");
+                    record(operation, CacheResult::Error, Some(elapsed));
+                    Err(())
+                }
+                Err(_) => {
+                    tracing::debug!(operation, "cache call timed out");
+                    record(operation, CacheResult::Error, Some(elapsed));
+                    Err(())
+                }
             }
         }
     }
