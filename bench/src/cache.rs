@@ -64,6 +64,21 @@ impl Drop for Server {
     }
 }
 
+/// Cache calls that failed or timed out, and calls not made while an instance recovered, from
+/// two scrapes of `/metrics`.
+pub fn failures(before: &str, after: &str) -> f64 {
+    let count = |text: &str| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with("cache_requests_total{"))
+            .filter(|line| {
+                line.contains(r#"result="error""#) || line.contains(r#"result="bypass""#)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    count(after) - count(before)
+}
+
 /// Reads answered by the cache, of all reads asked of it, from two scrapes of `/metrics`.
 pub fn hit_ratio(before: &str, after: &str) -> Option<f64> {
     let count = |text: &str, hit: bool| -> f64 {

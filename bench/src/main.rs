@@ -735,9 +735,15 @@ impl Bench<'_> {
             let measured = load::wrk(&script, &target, connections, 2, duration).await?;
             let cpu = (service.cpu_seconds() - cpu_before) / duration.as_secs_f64();
             let rss_mib = service.rss() as f64 / (1024.0 * 1024.0);
-            let hit_ratio = match redis {
-                Some(_) => cache::hit_ratio(&metrics_before, &service.metrics().await?),
-                None => None,
+            let (hit_ratio, cache_failures) = match redis {
+                Some(_) => {
+                    let after = service.metrics().await?;
+                    (
+                        cache::hit_ratio(&metrics_before, &after),
+                        Some(cache::failures(&metrics_before, &after)),
+                    )
+                }
+                None => (None, None),
             };
             eprintln!(
                 "  {:<16} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  rss {:.0} MiB  cpu {:.2}{}",
@@ -749,7 +755,11 @@ impl Bench<'_> {
                 rss_mib,
                 cpu,
                 hit_ratio
-                    .map(|ratio| format!("  hits {:.1}%", 100.0 * ratio))
+                    .zip(cache_failures)
+                    .map(|(ratio, failures)| format!(
+                        "  hits {:.1}%  cache errors+bypasses {failures:.0}",
+                        100.0 * ratio
+                    ))
                     .unwrap_or_default()
             );
             samples.push((
