@@ -62,6 +62,9 @@ pub struct PoolConfig {
     pub health_check: HealthCheck,
     /// PostgreSQL only; `None` leaves the server's setting alone.
     pub statement_timeout: Option<Duration>,
+    /// PostgreSQL: named statements, prepared once per connection. `false`: unnamed statements
+    /// only (each parsed with its values), which poolers in transaction mode can carry.
+    pub prepared_statements: bool,
     pub metrics_interval: Duration,
     pub slow_query: Duration,
 }
@@ -140,6 +143,7 @@ impl Config {
             max_lifetime: nonzero(env.secs("DB_MAX_LIFETIME_SECS", 1800, 0)?),
             health_check,
             statement_timeout: nonzero(Duration::from_millis(statement_timeout_ms.into())),
+            prepared_statements: env.boolean("DB_PREPARED_STATEMENTS", true)?,
             metrics_interval: env.secs("DB_POOL_METRICS_INTERVAL_SECS", 10, 1)?,
             slow_query: Duration::from_millis(
                 env.number("DB_SLOW_QUERY_MS", 200, 0, 3_600_000)?.into(),
@@ -359,6 +363,7 @@ mod tests {
             HealthCheck::IfIdleFor(Duration::from_secs(30))
         );
         assert_eq!(pool.statement_timeout, Some(Duration::from_millis(5000)));
+        assert!(pool.prepared_statements);
         assert_eq!(pool.metrics_interval, Duration::from_secs(10));
         assert_eq!(pool.slow_query, Duration::from_millis(200));
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
@@ -394,6 +399,7 @@ mod tests {
             ("DB_MAX_LIFETIME_SECS", "60"),
             ("DB_TEST_BEFORE_ACQUIRE", "always"),
             ("DB_STATEMENT_TIMEOUT_MS", "250"),
+            ("DB_PREPARED_STATEMENTS", "false"),
             ("DB_POOL_METRICS_INTERVAL_SECS", "2"),
             ("DB_SLOW_QUERY_MS", "50"),
             ("HTTP_ADDR", "0.0.0.0:80"),
@@ -426,6 +432,7 @@ mod tests {
             "0 disables the idle timeout"
         );
         assert_eq!(config.pool.health_check, HealthCheck::Always);
+        assert!(!config.pool.prepared_statements);
         assert_eq!(
             config.pool.statement_timeout,
             Some(Duration::from_millis(250))
@@ -488,6 +495,7 @@ mod tests {
             ("DB_TEST_BEFORE_ACQUIRE", "sometimes"),
             ("DB_TEST_IDLE_SECS", "x"),
             ("DB_STATEMENT_TIMEOUT_MS", "5s"),
+            ("DB_PREPARED_STATEMENTS", "sometimes"),
             ("DB_POOL_METRICS_INTERVAL_SECS", "0"),
             ("DB_SLOW_QUERY_MS", "slow"),
             ("HTTP_ADDR", "localhost"),

@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use futures_util::TryStreamExt;
 use observability::db::PoolState;
 use sea_orm::sea_query::Value;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
@@ -214,13 +215,17 @@ impl Pipelines {
         self.callback.store(Some(Arc::new(Box::new(callback))));
     }
 
-    /// Runs a prepared statement (prepared once per connection).
+    /// Runs a statement prepared once per connection (unnamed with `DB_PREPARED_STATEMENTS`
+    /// off).
     pub async fn query(
         &self,
         lane: Lane,
         sql: &str,
         values: &[Value],
     ) -> Result<Vec<Row>, PgError> {
+        if !self.pool.prepared_statements {
+            return self.query_unprepared(lane, sql, values).await;
+        }
         let params = Params::new(values);
         self.run(lane, sql, values, true, |connection| async move {
             let statement = connection.statement(sql).await?;
@@ -244,10 +249,21 @@ impl Pipelines {
         .await
     }
 
-    /// Runs a prepared statement that returns no rows; the number of rows it touched.
+    /// Runs a statement that returns no rows (prepared once per connection, unnamed with
+    /// `DB_PREPARED_STATEMENTS` off); the number of rows it touched.
     pub async fn execute(&self, lane: Lane, sql: &str, values: &[Value]) -> Result<u64, PgError> {
         let params = Params::new(values);
-        self.run(lane, sql, values, true, |connection| async move {
+        let prepared = self.pool.prepared_statements;
+        self.run(lane, sql, values, prepared, |connection| async move {
+            if !prepared {
+                let rows = connection
+                    .client
+                    .query_typed_raw(sql, params.typed())
+                    .await?;
+                let mut rows = std::pin::pin!(rows);
+                while rows.as_mut().try_next().await?.is_some() {}
+                return Ok(rows.rows_affected().unwrap_or(0));
+            }
             let statement = connection.statement(sql).await?;
             connection.client.execute(&statement, &params.refs()).await
         })

@@ -5,7 +5,7 @@ use futures::future::join_all;
 use poem::http::StatusCode;
 use serde_json::json;
 
-on_both_backends!(
+on_every_backend!(
     one_of_fifty_racing_creates_wins,
     one_of_two_writers_holding_one_etag_wins,
     unconditional_concurrent_updates_are_all_counted,

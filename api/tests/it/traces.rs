@@ -183,7 +183,7 @@ async fn spans_continue_the_callers_trace_with_the_conventions(backend: Backend)
     assert_eq!(query.kind, SpanKind::Client as i32);
     assert_eq!(hex(&query.trace_id), TRACE_ID);
     let system = match backend {
-        Backend::Postgres => "postgresql",
+        Backend::Postgres | Backend::PgBouncer => "postgresql",
         Backend::Sqlite => "sqlite",
     };
     assert_eq!(text(query, "db.system.name"), system);

@@ -1,10 +1,11 @@
-//! The HTTP contract (docs/api.md), on SQLite and on PostgreSQL.
+//! The HTTP contract (docs/api.md), on SQLite, on PostgreSQL, and on PostgreSQL through
+//! PgBouncer in transaction mode (`DB_PREPARED_STATEMENTS=false`).
 
 use crate::common::{Backend, TestApp, assert_problem, body};
 use poem::http::StatusCode;
 use serde_json::{Value, json};
 
-on_both_backends!(
+on_every_backend!(
     create_returns_the_user_with_location_and_etag,
     duplicate_email_in_any_case_is_a_conflict,
     invalid_bodies_are_rejected_and_change_nothing,

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod pgbouncer;
 pub mod redis_server;
 
 use std::sync::Arc;
@@ -30,6 +31,23 @@ const DEFAULT_TEST_DATABASE_URL: &str =
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL through PgBouncer in transaction mode, with `DB_PREPARED_STATEMENTS=false`.
+    PgBouncer,
+}
+
+impl Backend {
+    /// The settings a service needs on this backend: through PgBouncer, unnamed statements,
+    /// no migrations (the database is migrated directly) and no `options` startup parameter.
+    fn settings(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Backend::PgBouncer => &[
+                ("DB_PREPARED_STATEMENTS", "false"),
+                ("RUN_MIGRATIONS", "false"),
+                ("DB_STATEMENT_TIMEOUT_MS", "0"),
+            ],
+            Backend::Sqlite | Backend::Postgres => &[],
+        }
+    }
 }
 
 /// One test's database. Dropping it drops a PostgreSQL database (or the SQLite directory).
@@ -41,6 +59,8 @@ pub enum TestDb {
     Postgres {
         name: String,
         url: String,
+        /// Through which the service connects, on [`Backend::PgBouncer`].
+        bouncer: Option<(pgbouncer::PgBouncer, String)>,
     },
 }
 
@@ -65,7 +85,7 @@ impl TestDb {
                 );
                 TestDb::Sqlite { _dir: dir, url }
             }
-            Backend::Postgres => {
+            Backend::Postgres | Backend::PgBouncer => {
                 let name = format!(
                     "ut_{}_{}",
                     std::process::id(),
@@ -77,17 +97,35 @@ impl TestDb {
                 } else {
                     admin_execute(&format!("CREATE DATABASE {name}")).await;
                 }
-                TestDb::Postgres {
-                    url: database_url(&name),
-                    name,
-                }
+                let url = database_url(&name);
+                let bouncer = match backend {
+                    Backend::PgBouncer => {
+                        let bouncer = pgbouncer::PgBouncer::start().await;
+                        let through = bouncer.url_of(&url);
+                        Some((bouncer, through))
+                    }
+                    _ => None,
+                };
+                TestDb::Postgres { url, name, bouncer }
             }
         }
     }
 
+    /// Where the database is, directly (tests' own connections, locks, inspection).
     pub fn url(&self) -> &str {
         match self {
             TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+
+    /// Where the service connects: through PgBouncer on [`Backend::PgBouncer`].
+    pub fn service_url(&self) -> &str {
+        match self {
+            TestDb::Postgres {
+                bouncer: Some((_, through)),
+                ..
+            } => through,
+            _ => self.url(),
         }
     }
 
@@ -233,7 +271,12 @@ impl TestApp {
 
     pub async fn with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
         let db = TestDb::new(backend).await;
-        let app = api::build(test_config(db.url(), overrides))
+        let overrides: Vec<_> = overrides
+            .iter()
+            .chain(backend.settings())
+            .copied()
+            .collect();
+        let app = api::build(test_config(db.service_url(), &overrides))
             .await
             .expect("build the app");
         let client = TestClient::new(app.endpoint());
@@ -281,6 +324,23 @@ pub async fn assert_problem(response: TestResponse, status: u16, code: &str) -> 
         );
     }
     problem
+}
+
+/// Runs each listed `async fn name(backend: Backend)` on every backend, the contract suite:
+/// `sqlite::name`, `postgres::name` and `pgbouncer::name`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($test:ident),+ $(,)?) => {
+        on_both_backends!($($test),+);
+        mod pgbouncer {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::common::Backend::PgBouncer).await
+                }
+            )+
+        }
+    };
 }
 
 /// Runs each listed `async fn name(backend: Backend)` as two tests, `sqlite::name` and
