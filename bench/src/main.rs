@@ -8,6 +8,7 @@ mod explain;
 mod instructions;
 mod load;
 mod middleware;
+mod pgbouncer;
 mod postgres;
 mod report;
 mod scenarios;
@@ -114,7 +115,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 256)]
     high_connections: u32,
     /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N,
-    /// or the name of a `--build`.
+    /// pgbouncer, unprepared, or the name of a `--build`.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
     /// Connections per lane to sweep (N for reads and N for writes; get by id, create and mix,
@@ -189,6 +190,16 @@ async fn seed_both(common: &Common) -> Result<()> {
     .await
 }
 
+/// The user of a `postgres://user[:password]@host/...` URL.
+fn database_user(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('@').next())
+        .and_then(|credentials| credentials.split(':').next())
+        .unwrap_or("postgres")
+        .to_owned()
+}
+
 fn parse_build(text: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = text
         .split_once('=')
@@ -205,6 +216,8 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     /// Another build of the service (`--build`); `None`: `--binary`.
     pub binary: Option<PathBuf>,
+    /// The service connects through the bench's PgBouncer (transaction mode).
+    pub pgbouncer: bool,
 }
 
 fn config(name: &str, run: &RunArgs) -> Result<Config> {
@@ -221,6 +234,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             postgres: Settings::Server,
             env: Vec::new(),
             binary: Some(binary.clone()),
+            pgbouncer: false,
         });
     }
     Ok(match name {
@@ -230,6 +244,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             indexed: false,
             postgres: Settings::Server,
             binary: None,
+            pgbouncer: false,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "10"),
                 ("DB_MIN_CONNECTIONS", "0"),
@@ -243,6 +258,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             indexed: true,
             postgres: Settings::Server,
             binary: None,
+            pgbouncer: false,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "50"),
                 ("DB_MIN_CONNECTIONS", "5"),
@@ -259,6 +275,32 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             postgres: Settings::Server,
             env: Vec::new(),
             binary: None,
+            pgbouncer: false,
+        },
+        // The shipped defaults through PgBouncer in transaction mode (the bench's own, port
+        // 16432): unnamed statements, the statement timeout left to the server.
+        "pgbouncer" => Config {
+            name: name.into(),
+            indexed: true,
+            postgres: Settings::Server,
+            env: env(&[
+                ("DB_PREPARED_STATEMENTS", "false"),
+                ("DB_STATEMENT_TIMEOUT_MS", "0"),
+            ]),
+            binary: None,
+            pgbouncer: true,
+        },
+        // The same settings directly: what unnamed statements cost, without the extra hop.
+        "unprepared" => Config {
+            name: name.into(),
+            indexed: true,
+            postgres: Settings::Server,
+            env: env(&[
+                ("DB_PREPARED_STATEMENTS", "false"),
+                ("DB_STATEMENT_TIMEOUT_MS", "0"),
+            ]),
+            binary: None,
+            pgbouncer: false,
         },
         // The shipped defaults with the cache on (the bench's own Redis, warmed with every
         // user by id and by email before the scenarios; the skewed one starts cold).
@@ -268,6 +310,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             postgres: Settings::Server,
             env: env(&[("REDIS_URL", &cache::url())]),
             binary: None,
+            pgbouncer: false,
         },
         // The shipped defaults with PostgreSQL tuned as docker-compose.yml tunes it (ALTER
         // SYSTEM and a restart of the local cluster; undone at the end of the run).
@@ -277,6 +320,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             postgres: Settings::Compose,
             env: Vec::new(),
             binary: None,
+            pgbouncer: false,
         },
         // The cache on, with N connections per lane (`cached-pool-N`).
         other if other.starts_with("cached-pool-") => {
@@ -296,6 +340,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
                 indexed: true,
                 postgres: Settings::Server,
                 binary: None,
+                pgbouncer: false,
                 env: vec![
                     ("DB_MAX_CONNECTIONS".into(), (2 * size).to_string()),
                     ("DB_MIN_CONNECTIONS".into(), (2 * size).to_string()),
@@ -304,7 +349,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             },
             None => {
                 bail!(
-                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N or a --build name"
+                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, pgbouncer, unprepared or a --build name"
                 )
             }
         },
@@ -372,6 +417,10 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
     }
     let redis = match run.configs.iter().any(|name| name.starts_with("cached")) {
         true => Some(cache::Server::start().await?),
+        false => None,
+    };
+    let _bouncer = match run.configs.iter().any(|name| name == "pgbouncer") {
+        true => Some(pgbouncer::Server::start(&database_user(&common.database_url)).await?),
         false => None,
     };
     let bench = Bench {
@@ -586,7 +635,10 @@ impl Bench<'_> {
                     .or_default()
                     .push(measured);
                 for config in ordered.iter().filter(|c| c.postgres == tuning) {
-                    let url = if config.indexed {
+                    let through_bouncer = pgbouncer::url_of(&urls.indexed);
+                    let url = if config.pgbouncer {
+                        &through_bouncer
+                    } else if config.indexed {
                         &urls.indexed
                     } else {
                         &urls.noidx
@@ -971,7 +1023,12 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
         rounds: 1,
         connections: 4,
         high_connections: 8,
-        configs: vec!["before".into(), "tuned".into(), "cached".into()],
+        configs: vec![
+            "before".into(),
+            "tuned".into(),
+            "cached".into(),
+            "pgbouncer".into(),
+        ],
         sweep: vec![1],
         scenarios: Vec::new(),
         binary,

@@ -24,7 +24,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use futures_util::TryStreamExt;
 use observability::db::PoolState;
 use sea_orm::sea_query::Value;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
@@ -256,13 +255,7 @@ impl Pipelines {
         let prepared = self.pool.prepared_statements;
         self.run(lane, sql, values, prepared, |connection| async move {
             if !prepared {
-                let rows = connection
-                    .client
-                    .query_typed_raw(sql, params.typed())
-                    .await?;
-                let mut rows = std::pin::pin!(rows);
-                while rows.as_mut().try_next().await?.is_some() {}
-                return Ok(rows.rows_affected().unwrap_or(0));
+                return connection.client.execute_typed(sql, &params.typed()).await;
             }
             let statement = connection.statement(sql).await?;
             connection.client.execute(&statement, &params.refs()).await
