@@ -742,6 +742,9 @@ impl Bench<'_> {
         connections: u32,
     ) -> Result<Vec<(String, Sample)>> {
         let binary = std::fs::canonicalize(binary).context("the api binary")?;
+        // The bench's own statements (versions, clean-up) go to PostgreSQL directly: through
+        // PgBouncer in transaction mode, sqlx's named statements would collide.
+        let direct = pgbouncer::direct_of(url);
         let redis = self
             .redis
             .as_ref()
@@ -755,14 +758,14 @@ impl Bench<'_> {
         };
         let service = Service::start(&binary, url, env).await?;
         let target = format!("http://{}", service::PUBLIC);
-        let warm = self.script("get_by_id", url).await?;
+        let warm = self.script("get_by_id", &direct).await?;
         load::wrk(&warm, &target, connections, 2, Duration::from_secs(2)).await?;
         if let (Some(redis), Some(empty)) = (redis, empty_cache) {
             // Every user by id and by email: its threads stop when done, but wrk itself runs
             // its whole duration, so that is sized for 10k requests a second (this machine
             // serves well over that). A seconds-long run (the smoke) only starts the walk.
             let users = self.common.users;
-            let warm = self.script("warm", url).await?;
+            let warm = self.script("warm", &direct).await?;
             let seconds = if self.run.seconds >= 5 {
                 (2 * users / 10_000).max(2)
             } else {
@@ -775,7 +778,7 @@ impl Bench<'_> {
         }
         let mut samples = Vec::new();
         for scenario in scenarios {
-            let script = self.script(scenario.lua, url).await?;
+            let script = self.script(scenario.lua, &direct).await?;
             if let Some(redis) = redis.filter(|_| scenario.lua == "zipf_get_by_id") {
                 redis.flush()?;
             }
@@ -825,11 +828,11 @@ impl Bench<'_> {
             ));
             if scenario.lua == "create" || scenario.lua == "mix" {
                 // The next scenario measures the seeded data, not what this one added.
-                restore(url).await?;
+                restore(&direct).await?;
             }
         }
         service.stop().await?;
-        restore(url).await?;
+        restore(&direct).await?;
         Ok(samples)
     }
 

@@ -66,3 +66,8 @@ impl Drop for Server {
 pub fn url_of(url: &str) -> String {
     url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{PORT}"), 1)
 }
+
+/// `url` directly, whether or not it goes through the bench's PgBouncer.
+pub fn direct_of(url: &str) -> String {
+    url.replacen(&format!("127.0.0.1:{PORT}"), "127.0.0.1:5432", 1)
+}
