@@ -226,40 +226,39 @@ impl Env<'_> {
     }
 
     fn database_url(&self) -> Result<String, ConfigError> {
-        let url = self
-            .raw("DATABASE_URL")
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        let scheme_ok = ["postgres://", "postgresql://", "sqlite:"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme));
-        if scheme_ok {
-            Ok(url)
-        } else {
-            Err(ConfigError {
-                variable: "DATABASE_URL",
-                // The URL may hold a password: show only its scheme.
-                value: url.split(':').next().unwrap_or_default().to_owned() + ":...",
-                expected: "a postgres://, postgresql:// or sqlite: URL".to_owned(),
-            })
-        }
+        let url = self.url(
+            "DATABASE_URL",
+            &["postgres://", "postgresql://", "sqlite:"],
+            "a postgres://, postgresql:// or sqlite: URL",
+        )?;
+        Ok(url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()))
     }
 
     fn redis_url(&self) -> Result<Option<String>, ConfigError> {
-        let Some(url) = self.raw("REDIS_URL") else {
-            return Ok(None);
-        };
-        if ["redis://", "rediss://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme))
-        {
-            Ok(Some(url))
-        } else {
-            Err(ConfigError {
-                variable: "REDIS_URL",
-                // The URL may hold a password: show only its scheme.
-                value: url.split(':').next().unwrap_or_default().to_owned() + ":...",
-                expected: "a redis:// or rediss:// URL".to_owned(),
-            })
+        self.url(
+            "REDIS_URL",
+            &["redis://", "rediss://"],
+            "a redis:// or rediss:// URL",
+        )
+    }
+
+    /// A URL with one of `schemes`, when set.
+    fn url(
+        &self,
+        variable: &'static str,
+        schemes: &[&str],
+        expected: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        match self.raw(variable) {
+            Some(url) if !schemes.iter().any(|scheme| url.starts_with(scheme)) => {
+                Err(ConfigError {
+                    variable,
+                    // The URL may hold a password: show only its scheme.
+                    value: url.split(':').next().unwrap_or_default().to_owned() + ":...",
+                    expected: expected.to_owned(),
+                })
+            }
+            url => Ok(url),
         }
     }
 

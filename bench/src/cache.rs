@@ -67,33 +67,31 @@ impl Drop for Server {
 /// Cache calls that failed or timed out, and calls not made while an instance recovered, from
 /// two scrapes of `/metrics`.
 pub fn failures(before: &str, after: &str) -> f64 {
-    let count = |text: &str| -> f64 {
-        text.lines()
-            .filter(|line| line.starts_with("cache_requests_total{"))
-            .filter(|line| {
-                line.contains(r#"result="error""#) || line.contains(r#"result="bypass""#)
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    count(after) - count(before)
+    let failed =
+        |line: &str| line.contains(r#"result="error""#) || line.contains(r#"result="bypass""#);
+    increase(before, after, failed)
 }
 
 /// Reads answered by the cache, of all reads asked of it, from two scrapes of `/metrics`.
 pub fn hit_ratio(before: &str, after: &str) -> Option<f64> {
-    let count = |text: &str, hit: bool| -> f64 {
+    let read = |line: &str| {
+        (line.contains(r#"operation="user.get""#) || line.contains(r#"operation="user.lookup""#))
+            && !line.contains(r#"result="ok""#)
+    };
+    let hits = increase(before, after, |line| {
+        read(line) && line.contains(r#"result="hit""#)
+    });
+    let asked = increase(before, after, read);
+    (asked > 0.0).then(|| hits / asked)
+}
+
+/// How much the `cache_requests_total` series that `selected` picks grew between two scrapes.
+fn increase(before: &str, after: &str, selected: impl Fn(&str) -> bool) -> f64 {
+    let sum = |text: &str| -> f64 {
         text.lines()
-            .filter(|line| line.starts_with("cache_requests_total{"))
-            .filter(|line| {
-                line.contains(r#"operation="user.get""#)
-                    || line.contains(r#"operation="user.lookup""#)
-            })
-            .filter(|line| line.contains(r#"result="hit""#) == hit)
-            .filter(|line| !line.contains(r#"result="ok""#))
+            .filter(|line| line.starts_with("cache_requests_total{") && selected(line))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    let hits = count(after, true) - count(before, true);
-    let others = count(after, false) - count(before, false);
-    (hits + others > 0.0).then(|| hits / (hits + others))
+    sum(after) - sum(before)
 }

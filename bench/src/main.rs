@@ -277,20 +277,8 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: None,
             pgbouncer: false,
         },
-        // The shipped defaults through PgBouncer in transaction mode (the bench's own, port
-        // 16432): unnamed statements, the statement timeout left to the server.
-        "pgbouncer" => Config {
-            name: name.into(),
-            indexed: true,
-            postgres: Settings::Server,
-            env: env(&[
-                ("DB_PREPARED_STATEMENTS", "false"),
-                ("DB_STATEMENT_TIMEOUT_MS", "0"),
-            ]),
-            binary: None,
-            pgbouncer: true,
-        },
-        // The same settings directly: what unnamed statements cost, without the extra hop.
+        // The shipped defaults with unnamed statements only, the statement timeout left to the
+        // server: what those cost, directly.
         "unprepared" => Config {
             name: name.into(),
             indexed: true,
@@ -301,6 +289,12 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             ]),
             binary: None,
             pgbouncer: false,
+        },
+        // `unprepared` through PgBouncer in transaction mode (the bench's own, port 16432).
+        "pgbouncer" => Config {
+            name: name.into(),
+            pgbouncer: true,
+            ..config("unprepared", run)?
         },
         // The shipped defaults with the cache on (the bench's own Redis, warmed with every
         // user by id and by email before the scenarios; the skewed one starts cold).

@@ -3,6 +3,7 @@
 //! to the cache before its response. The coherence rules are the cache wing's (cache/mod.rs).
 
 use std::borrow::Cow;
+use std::future::Future;
 
 use entity::users;
 use uuid::Uuid;
@@ -21,10 +22,10 @@ pub struct UserJson {
 }
 
 impl UserJson {
-    fn of(user: &users::Model) -> Self {
+    fn of(user: users::Model) -> Self {
         Self {
             version: user.version,
-            body: EncodedJson::encode(&User::from(user.clone())),
+            body: EncodedJson::encode(&User::from(user)),
         }
     }
 
@@ -57,7 +58,8 @@ impl UserStore {
     pub async fn create(&self, new: NewUser) -> Result<(Uuid, UserJson), RepoError> {
         let stamp = self.stamp();
         let user = self.repository.create(new).await?;
-        Ok((user.id, self.written(stamp, &user).await))
+        let id = user.id;
+        Ok((id, self.written(stamp, user).await))
     }
 
     pub async fn get(&self, id: Uuid) -> Result<UserJson, RepoError> {
@@ -65,13 +67,8 @@ impl UserStore {
             Some(cache) => cache.get(id).await,
             None => Read::Unavailable,
         };
-        let stamp = match read {
-            Read::Hit(entry) => return Ok(UserJson::cached(entry)),
-            Read::Miss(stamp) => Some(stamp),
-            Read::Unavailable => None,
-        };
-        let user = self.repository.find_by_id(id).await?;
-        Ok(self.filled(stamp, &user).await)
+        self.read_through(read, self.repository.find_by_id(id))
+            .await
     }
 
     pub async fn lookup(&self, email: &str) -> Result<UserJson, RepoError> {
@@ -79,13 +76,33 @@ impl UserStore {
             Some(cache) => cache.lookup(email, |entry| has_email(entry, email)).await,
             None => Read::Unavailable,
         };
+        self.read_through(read, self.repository.find_by_email(email))
+            .await
+    }
+
+    /// A hit as it is; otherwise the database's answer, filled into the cache after a miss.
+    async fn read_through(
+        &self,
+        read: Read,
+        database: impl Future<Output = Result<users::Model, RepoError>>,
+    ) -> Result<UserJson, RepoError> {
         let stamp = match read {
             Read::Hit(entry) => return Ok(UserJson::cached(entry)),
             Read::Miss(stamp) => Some(stamp),
             Read::Unavailable => None,
         };
-        let user = self.repository.find_by_email(email).await?;
-        Ok(self.filled(stamp, &user).await)
+        let user = database.await?;
+        // The id and email outlive the row only when the cache will store them.
+        let fill = self
+            .cache
+            .as_ref()
+            .zip(stamp)
+            .map(|to| (to, user.id, user.email.clone()));
+        let json = UserJson::of(user);
+        if let Some(((cache, stamp), id, email)) = fill {
+            cache.fill(stamp, id, &json.entry(), Some(&email)).await;
+        }
+        Ok(json)
     }
 
     /// Lists are not cached: a page would go stale with any write to any of its users.
@@ -101,7 +118,7 @@ impl UserStore {
     ) -> Result<UserJson, RepoError> {
         let stamp = self.stamp();
         let user = self.repository.update(id, changes, precondition).await?;
-        Ok(self.written(stamp, &user).await)
+        Ok(self.written(stamp, user).await)
     }
 
     pub async fn delete(&self, id: Uuid, precondition: Precondition) -> Result<(), RepoError> {
@@ -117,22 +134,15 @@ impl UserStore {
         self.cache.as_ref().map(Cache::stamp)
     }
 
-    async fn written(&self, stamp: Option<Stamp>, user: &users::Model) -> UserJson {
+    async fn written(&self, stamp: Option<Stamp>, user: users::Model) -> UserJson {
+        let store = self
+            .cache
+            .as_ref()
+            .zip(stamp)
+            .map(|to| (to, user.id, user.email.clone()));
         let json = UserJson::of(user);
-        if let (Some(cache), Some(stamp)) = (&self.cache, stamp) {
-            cache
-                .store(stamp, user.id, &json.entry(), &user.email)
-                .await;
-        }
-        json
-    }
-
-    async fn filled(&self, stamp: Option<Stamp>, user: &users::Model) -> UserJson {
-        let json = UserJson::of(user);
-        if let (Some(cache), Some(stamp)) = (&self.cache, stamp) {
-            cache
-                .fill(stamp, user.id, &json.entry(), Some(&user.email))
-                .await;
+        if let Some(((cache, stamp), id, email)) = store {
+            cache.store(stamp, id, &json.entry(), &email).await;
         }
         json
     }

@@ -214,24 +214,9 @@ async fn a_fill_held_open_across_a_write_never_serves_what_it_read() {
     );
     let user = a.create("racer@example.com", "Racer").await;
     let id = id_of(&user);
-    let key = key_of(&id);
 
     // Across an update: the held fill read version 1, the update stored version 2.
-    redis.del(&key).await;
-    let (held, release) = hold_next_fill(&b);
-    let reader = tokio::spawn({
-        let client = TestClient::new(b.app.endpoint());
-        let id = id.clone();
-        async move {
-            client
-                .get(format!("/api/v1/users/{id}"))
-                .send()
-                .await
-                .0
-                .status()
-        }
-    });
-    held.await.unwrap();
+    let (reader, release) = read_with_its_fill_held(&b, &redis, &id).await;
     let updated = a.patch(&id, json!({ "name": "Racer 2" })).await;
     release.notify_one();
     assert_eq!(
@@ -244,21 +229,7 @@ async fn a_fill_held_open_across_a_write_never_serves_what_it_read() {
     }
 
     // Across a delete: the held fill read version 2, the delete left a tombstone.
-    redis.del(&key).await;
-    let (held, release) = hold_next_fill(&b);
-    let reader = tokio::spawn({
-        let client = TestClient::new(b.app.endpoint());
-        let id = id.clone();
-        async move {
-            client
-                .get(format!("/api/v1/users/{id}"))
-                .send()
-                .await
-                .0
-                .status()
-        }
-    });
-    held.await.unwrap();
+    let (reader, release) = read_with_its_fill_held(&b, &redis, &id).await;
     a.delete(&id).await;
     release.notify_one();
     assert_eq!(
@@ -270,7 +241,27 @@ async fn a_fill_held_open_across_a_write_never_serves_what_it_read() {
         assert_eq!(instance.get(&id).await.0, 404);
         assert_eq!(instance.lookup("racer@example.com").await.0, 404);
     }
-    assert_eq!(redis.get(&key).await.as_deref(), Some("D"), "the tombstone");
+    assert_eq!(
+        redis.get(&key_of(&id)).await.as_deref(),
+        Some("D"),
+        "the tombstone"
+    );
+}
+
+/// A GET on `instance` that misses (its entry removed first) and has read the database when
+/// this returns; its fill stores when the notify is given.
+async fn read_with_its_fill_held(
+    instance: &Instance,
+    redis: &TestRedis,
+    id: &str,
+) -> (tokio::task::JoinHandle<StatusCode>, Arc<Notify>) {
+    redis.del(&key_of(id)).await;
+    let (held, release) = hold_next_fill(instance);
+    let client = TestClient::new(instance.app.endpoint());
+    let path = format!("/api/v1/users/{id}");
+    let reader = tokio::spawn(async move { client.get(path).send().await.0.status() });
+    held.await.unwrap();
+    (reader, release)
 }
 
 /// Makes `instance`'s next fill wait: the receiver fires when it has read the database, the
