@@ -35,6 +35,17 @@ pub struct Config {
     pub rate_limit_per_second: Option<NonZeroU32>,
     /// `None`: no cache, every read goes to the database.
     pub cache: Option<CacheConfig>,
+    /// `None`: no replica, every statement goes to `DATABASE_URL`.
+    pub replica: Option<ReplicaConfig>,
+}
+
+/// A streaming replica of the primary, for reads.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// `postgres://` or `postgresql://`; its pool has the primary's `DB_*` settings.
+    pub url: String,
+    /// Reads go to the replica only while it is at most this far behind the primary.
+    pub max_lag: Duration,
 }
 
 /// The Redis cache in front of reads by id and by email.
@@ -169,10 +180,17 @@ impl Config {
             ttl: cache_ttl,
             timeout: cache_timeout,
         });
+        // Checked even without DATABASE_READ_URL, as the cache's settings are.
+        let max_lag =
+            Duration::from_millis(env.number("DB_READ_MAX_LAG_MS", 1000, 0, 3_600_000)?.into());
+        let replica = env
+            .read_url(&database_url)?
+            .map(|url| ReplicaConfig { url, max_lag });
         Ok(Self {
             database_url,
             pool,
             cache,
+            replica,
             http_addr: env.parsed(
                 "HTTP_ADDR",
                 "127.0.0.1:8080",
@@ -232,6 +250,25 @@ impl Env<'_> {
             "a postgres://, postgresql:// or sqlite: URL",
         )?;
         Ok(url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()))
+    }
+
+    /// The replica's URL: PostgreSQL, and only beside a PostgreSQL primary.
+    fn read_url(&self, database_url: &str) -> Result<Option<String>, ConfigError> {
+        const EXPECTED: &str = "a postgres:// or postgresql:// URL";
+        let url = self.url(
+            "DATABASE_READ_URL",
+            &["postgres://", "postgresql://"],
+            EXPECTED,
+        )?;
+        if url.is_some() && database_url.starts_with("sqlite:") {
+            return Err(ConfigError {
+                variable: "DATABASE_READ_URL",
+                value: "(set)".to_owned(),
+                expected: "unset while DATABASE_URL is SQLite (a replica needs PostgreSQL)"
+                    .to_owned(),
+            });
+        }
+        Ok(url)
     }
 
     fn redis_url(&self) -> Result<Option<String>, ConfigError> {
@@ -385,6 +422,7 @@ mod tests {
         assert!(config.cors_allowed_origins.is_empty());
         assert_eq!(config.rate_limit_per_second, None);
         assert!(config.cache.is_none(), "no REDIS_URL, no cache");
+        assert!(config.replica.is_none(), "no DATABASE_READ_URL, no replica");
     }
 
     #[test]
@@ -419,6 +457,8 @@ mod tests {
             ("REDIS_URL", "redis://:secret@cache:6379/0"),
             ("CACHE_TTL_SECS", "60"),
             ("CACHE_TIMEOUT_MS", "20"),
+            ("DATABASE_READ_URL", "postgres://u@replica/db"),
+            ("DB_READ_MAX_LAG_MS", "250"),
         ])
         .unwrap();
         assert!(!config.is_sqlite());
@@ -467,6 +507,9 @@ mod tests {
             (defaults.ttl, defaults.timeout),
             (Duration::from_secs(300), Duration::from_millis(50))
         );
+        let replica = config.replica.expect("DATABASE_READ_URL set");
+        assert_eq!(replica.url, "postgres://u@replica/db");
+        assert_eq!(replica.max_lag, Duration::from_millis(250));
         let never = parse(&[
             ("DB_TEST_BEFORE_ACQUIRE", "never"),
             ("DB_TEST_IDLE_SECS", "5"),
@@ -512,6 +555,8 @@ mod tests {
             ("REDIS_URL", "memcached://cache:11211"),
             ("CACHE_TTL_SECS", "0"),
             ("CACHE_TIMEOUT_MS", "fast"),
+            ("DATABASE_READ_URL", "sqlite://replica.db"),
+            ("DB_READ_MAX_LAG_MS", "1s"),
         ];
         for (variable, value) in cases {
             let error = parse(&[(variable, value)]).unwrap_err();
@@ -588,5 +633,14 @@ mod tests {
         assert!(!error.to_string().contains("secret"), "{error}");
         let error = parse(&[("REDIS_URL", "redis:/:secret@cache")]).unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
+        let error = parse(&[("DATABASE_READ_URL", "mysql://u:secret@replica")]).unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn a_replica_needs_a_postgresql_primary() {
+        let error = parse(&[("DATABASE_READ_URL", "postgres://u@replica/db")]).unwrap_err();
+        assert_eq!(error.variable, "DATABASE_READ_URL");
+        assert!(error.expected.contains("SQLite"), "{error}");
     }
 }

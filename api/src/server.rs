@@ -77,7 +77,7 @@ pub async fn run_until(
     } = app;
     let refresh_pool = {
         let db = db.clone();
-        move || observability::db::record_pool(db.pool_state())
+        move || db.record_pools()
     };
     refresh_pool();
     let background = tokio::spawn(housekeeping(

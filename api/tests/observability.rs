@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::redis_server::TestRedis;
+use common::replica::ReplicaPair;
 use common::{Backend, TestDb, eventually, free_port, percent_encode, test_config};
 use poem::test::TestClient;
 use serde_json::{Value, json};
@@ -83,20 +84,38 @@ struct Served {
     client: TestClient<Arc<poem::endpoint::BoxEndpoint<'static>>>,
     public: SocketAddr,
     admin: SocketAddr,
-    db: TestDb,
+    /// The primary's URL.
+    url: String,
+    _db: Database,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Where a served instance's data lives: a test database, or a primary and replica of the
+/// test's own.
+enum Database {
+    Test(TestDb),
+    Pair(ReplicaPair),
 }
 
 impl Served {
     async fn start() -> Self {
-        Self::start_with(&[]).await
+        let db = TestDb::new(Backend::Postgres).await;
+        Self::start_with(Database::Test(db), &[]).await
     }
 
-    async fn start_with(overrides: &[(&str, &str)]) -> Self {
-        let db = TestDb::new(Backend::Postgres).await;
+    async fn start_with(db: Database, overrides: &[(&str, &str)]) -> Self {
+        let replica_url;
         let mut overrides = overrides.to_vec();
         overrides.push(("DB_POOL_METRICS_INTERVAL_SECS", "1"));
-        let config = test_config(db.url(), &overrides);
+        let url = match &db {
+            Database::Test(db) => db.url().to_owned(),
+            Database::Pair(pair) => {
+                replica_url = pair.replica_url();
+                overrides.push(("DATABASE_READ_URL", replica_url.as_str()));
+                pair.primary_url()
+            }
+        };
+        let config = test_config(&url, &overrides);
         let listeners = api::Listeners::bind(&config).await.unwrap();
         let (public, admin) = (listeners.public_addr(), listeners.admin_addr());
         let app = api::build(config).await.unwrap();
@@ -109,7 +128,8 @@ impl Served {
             client,
             public,
             admin,
-            db,
+            url,
+            _db: db,
             stop: Some(stop),
         }
     }
@@ -247,10 +267,12 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
-    // The cache on, with a Redis of the test's own and redis-exporter watching it.
+    // Everything on: the cache, with a Redis of the test's own and redis-exporter watching
+    // it; a replica for reads (a primary and replica of the test's own).
     let redis = TestRedis::start().await;
     let redis_url = redis.url();
-    let served = Arc::new(Served::start_with(&[("REDIS_URL", redis_url.as_str())]).await);
+    let pair = Database::Pair(ReplicaPair::start());
+    let served = Arc::new(Served::start_with(pair, &[("REDIS_URL", redis_url.as_str())]).await);
     let dir = tempfile::tempdir().unwrap();
     let exporter_port = free_port();
     let redis_exporter_port = free_port();
@@ -258,7 +280,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let _exporter = spawn(
         "prometheus-postgres-exporter",
         &[format!("--web.listen-address=127.0.0.1:{exporter_port}")],
-        &[("DATA_SOURCE_NAME", served.db.url().to_owned())],
+        &[("DATA_SOURCE_NAME", served.url.clone())],
     );
     let _redis_exporter = spawn(
         "prometheus-redis-exporter",
@@ -348,8 +370,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 }
 
 async fn has_data(prometheus: SocketAddr, expr: &str) -> bool {
-    // Grafana's $__rate_interval: at least four scrape intervals.
-    let expr = expr.replace("$__rate_interval", "5s");
+    // Grafana's $__rate_interval: at least four scrape intervals; the instance picker on
+    // "All".
+    let expr = expr
+        .replace("$__rate_interval", "5s")
+        .replace("$instance", ".*");
     let target = format!("/api/v1/query?query={}", percent_encode(&expr));
     let Ok((200, body)) = get(prometheus, &target).await else {
         return false;

@@ -8,6 +8,56 @@ pub const POOL_ACTIVE: &str = "database_pool_connections_active";
 pub const POOL_IDLE: &str = "database_pool_connections_idle";
 pub const POOL_MAX: &str = "database_pool_connections_max";
 pub const POOL_MIN: &str = "database_pool_connections_min";
+pub const REPLICA_LAG: &str = "database_replica_lag_seconds";
+pub const REPLICA_FALLBACKS: &str = "database_replica_fallbacks_total";
+
+/// Which database answered, as the `pool` label says it (only with a replica configured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Primary,
+    Replica,
+}
+
+impl Pool {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pool::Primary => "primary",
+            Pool::Replica => "replica",
+        }
+    }
+}
+
+/// Why a read that could have gone to the replica went to the primary, as counted in
+/// `database_replica_fallbacks_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// The replica did not answer its last check, or is not replaying.
+    Unavailable,
+    /// Further behind than `DB_READ_MAX_LAG_MS`.
+    Lag,
+    /// It has not replayed the write whose `Consistency-Token` the read carries.
+    Token,
+    /// The read failed on the replica and was answered by the primary.
+    Error,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 4] = [
+        Fallback::Unavailable,
+        Fallback::Lag,
+        Fallback::Token,
+        Fallback::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Unavailable => "unavailable",
+            Fallback::Lag => "lag",
+            Fallback::Token => "token",
+            Fallback::Error => "error",
+        }
+    }
+}
 
 /// What went wrong with a database call, as counted in `database_errors_total{kind}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +92,22 @@ impl ErrorKind {
     }
 }
 
-/// Records one database operation: its duration, and its error kind when it failed.
-pub fn record_query(operation: &'static str, elapsed: Duration, error: Option<ErrorKind>) {
+/// Records one database operation: its duration (by pool, with a replica configured), and
+/// its error kind when it failed.
+pub fn record_query(
+    operation: &'static str,
+    pool: Option<Pool>,
+    elapsed: Duration,
+    error: Option<ErrorKind>,
+) {
     let outcome = if error.is_some() { "error" } else { "ok" };
-    metrics::histogram!(QUERY_DURATION, "operation" => operation, "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
+    let histogram = match pool {
+        Some(pool) => {
+            metrics::histogram!(QUERY_DURATION, "operation" => operation, "outcome" => outcome, "pool" => pool.as_str())
+        }
+        None => metrics::histogram!(QUERY_DURATION, "operation" => operation, "outcome" => outcome),
+    };
+    histogram.record(elapsed.as_secs_f64());
     if let Some(kind) = error {
         record_error(operation, kind);
     }
@@ -77,9 +138,35 @@ pub struct PoolState {
     pub min: u32,
 }
 
-pub fn record_pool(state: PoolState) {
-    metrics::gauge!(POOL_ACTIVE).set(state.active);
-    metrics::gauge!(POOL_IDLE).set(state.idle);
-    metrics::gauge!(POOL_MAX).set(state.max);
-    metrics::gauge!(POOL_MIN).set(state.min);
+/// Sets the pool gauges; with a replica configured, one set per pool.
+pub fn record_pool(pool: Option<Pool>, state: PoolState) {
+    let gauges = [
+        (POOL_ACTIVE, state.active),
+        (POOL_IDLE, state.idle),
+        (POOL_MAX, state.max),
+        (POOL_MIN, state.min),
+    ];
+    for (name, value) in gauges {
+        match pool {
+            Some(pool) => metrics::gauge!(name, "pool" => pool.as_str()).set(value),
+            None => metrics::gauge!(name).set(value),
+        }
+    }
+}
+
+pub fn record_replica_lag(lag: Duration) {
+    metrics::gauge!(REPLICA_LAG).set(lag.as_secs_f64());
+}
+
+pub fn record_fallback(reason: Fallback) {
+    metrics::counter!(REPLICA_FALLBACKS, "reason" => reason.as_str()).increment(1);
+}
+
+/// Registers the replica's series at 0, so its dashboards and alerts read 0 before the first
+/// fallback.
+pub fn register_replica() {
+    for reason in Fallback::ALL {
+        metrics::counter!(REPLICA_FALLBACKS, "reason" => reason.as_str()).absolute(0);
+    }
+    record_replica_lag(Duration::ZERO);
 }

@@ -90,6 +90,15 @@ fn describe() {
     describe_gauge!(db::POOL_IDLE, "Pool connections open and idle.");
     describe_gauge!(db::POOL_MAX, "Pool ceiling (DB_MAX_CONNECTIONS).");
     describe_gauge!(db::POOL_MIN, "Pool floor (DB_MIN_CONNECTIONS).");
+    describe_gauge!(
+        db::REPLICA_LAG,
+        Unit::Seconds,
+        "How far the read replica is behind the primary (WAL positions, timed here)."
+    );
+    describe_counter!(
+        db::REPLICA_FALLBACKS,
+        "Reads sent to the primary instead of the replica, by reason (unavailable, lag, token, error)."
+    );
     describe_counter!(
         http::REQUESTS,
         "HTTP requests served, by method, route template and status."

@@ -49,7 +49,11 @@ fn compose_has_every_service_with_health_and_storage() {
             "postgres-exporter",
             "redis",
             "redis-exporter",
-            "jaeger"
+            "jaeger",
+            "postgres-replica",
+            "pgbouncer",
+            "api-scaled",
+            "lb"
         ])
     );
     assert_eq!(
@@ -65,7 +69,12 @@ fn compose_has_every_service_with_health_and_storage() {
     let volumes = keys(&compose["volumes"]);
     assert_eq!(
         volumes,
-        HashSet::from(["postgres-data", "prometheus-data", "grafana-data"])
+        HashSet::from([
+            "postgres-data",
+            "postgres-replica-data",
+            "prometheus-data",
+            "grafana-data"
+        ])
     );
     let mounts = |service: &str| -> Vec<String> {
         compose["services"][service]["volumes"]
@@ -88,12 +97,96 @@ fn compose_has_every_service_with_health_and_storage() {
         mounts("grafana")
             .contains(&"./observability/grafana/dashboards:/etc/grafana/dashboards:ro".to_owned())
     );
-    for mount in mounts("prometheus").iter().chain(mounts("grafana").iter()) {
+    let mounted = [
+        "prometheus",
+        "grafana",
+        "postgres",
+        "postgres-replica",
+        "pgbouncer",
+        "lb",
+    ];
+    for mount in mounted.iter().flat_map(|service| mounts(service)) {
         if let Some(local) = mount.strip_prefix("./") {
             let local = local.split(':').next().unwrap();
             assert!(repo().join(local).exists(), "{local} exists");
         }
     }
+}
+
+/// The `scale` profile: a streaming replica, PgBouncer in transaction mode in front of it and
+/// the primary, two stateless instances through it (unnamed statements, migrations left to
+/// `api`, reads on the replica), a load balancer over them, and Prometheus scraping each.
+#[test]
+fn the_scale_profile_runs_many_instances_on_a_replica_through_pgbouncer() {
+    let compose = yaml("docker-compose.yml");
+    let service = |name: &str| &compose["services"][name];
+    for name in ["postgres-replica", "pgbouncer", "api-scaled", "lb"] {
+        assert_eq!(
+            service(name)["profiles"][0],
+            "scale",
+            "{name} only in the profile"
+        );
+    }
+    for name in ["postgres", "api", "redis", "prometheus", "grafana"] {
+        assert!(service(name)["profiles"].is_null(), "{name} always runs");
+    }
+
+    let replica_script =
+        std::fs::read_to_string(repo().join("deploy/postgres/replica.sh")).unwrap();
+    assert!(
+        replica_script.contains("pg_basebackup -h postgres"),
+        "fed by the primary"
+    );
+    assert!(replica_script.contains(" -R "), "then streams from it");
+    assert!(replica_script.contains("hot_standby=on"));
+    let hba = std::fs::read_to_string(repo().join("deploy/postgres/pg_hba.conf")).unwrap();
+    assert!(hba.lines().any(|line| line.starts_with("host replication")));
+    assert!(
+        postgres_settings(&compose).contains(&"hba_file=/etc/postgresql/pg_hba.conf".to_owned()),
+        "the primary reads that pg_hba.conf"
+    );
+
+    let bouncer = std::fs::read_to_string(repo().join("deploy/pgbouncer/pgbouncer.ini")).unwrap();
+    assert!(bouncer.contains("pool_mode = transaction"));
+    assert!(bouncer.contains("users = host=postgres port=5432"));
+    assert!(bouncer.contains("users_replica = host=postgres-replica port=5432"));
+
+    let api = service("api-scaled");
+    assert_eq!(api["deploy"]["replicas"], 2);
+    assert_eq!(api["build"], ".", "the same image as api");
+    let env = &api["environment"];
+    let text = |key: &str| match &env[key] {
+        Value::String(text) => text.clone(),
+        other => other.as_i64().map(|n| n.to_string()).unwrap_or_default(),
+    };
+    assert!(text("DATABASE_URL").contains("@pgbouncer:6432/users?"));
+    assert!(text("DATABASE_READ_URL").contains("@pgbouncer:6432/users_replica?"));
+    assert_eq!(text("DB_PREPARED_STATEMENTS"), "false");
+    assert_eq!(text("RUN_MIGRATIONS"), "false");
+    assert_eq!(text("DB_STATEMENT_TIMEOUT_MS"), "0");
+    assert_eq!(
+        text("REDIS_URL"),
+        service("api")["environment"]["REDIS_URL"].as_str().unwrap()
+    );
+    assert_eq!(
+        api["depends_on"]["api"]["condition"], "service_healthy",
+        "migrated by api first"
+    );
+
+    let lb = std::fs::read_to_string(repo().join("deploy/nginx/lb.conf")).unwrap();
+    assert!(lb.contains("server api-scaled:8080;"));
+
+    let prometheus = yaml("observability/prometheus/prometheus.yml");
+    let job = prometheus["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["job_name"] == "user-service")
+        .unwrap();
+    let names = &job["dns_sd_configs"][0]["names"];
+    assert_eq!(names[0], "api");
+    assert_eq!(names[1], "api-scaled", "every instance scraped");
+    assert_eq!(job["dns_sd_configs"][0]["port"], 9464);
 }
 
 #[test]
@@ -237,6 +330,16 @@ fn dashboards_have_stable_uids_a_datasource_variable_and_rate_intervals() {
             for target in panel["targets"].as_array().unwrap() {
                 let expr = target["expr"].as_str().unwrap();
                 assert_eq!(target["datasource"]["uid"], "${datasource}");
+                // Many instances: every service query follows the instance picker.
+                if expr.contains(r#"job="user-service""#) {
+                    assert!(expr.contains(r#"instance=~"$instance""#), "{file}: {expr}");
+                    assert!(
+                        variables.iter().any(|v| v["name"] == "instance"
+                            && v["multi"] == true
+                            && v["includeAll"] == true),
+                        "{file}: an instance variable"
+                    );
+                }
                 if expr.contains("rate(") || expr.contains("increase(") {
                     assert!(expr.contains("[$__rate_interval]"), "{file}: {expr}");
                 }
@@ -283,6 +386,8 @@ fn dashboards_query_only_exported_metrics() {
         "database_pool_connections_idle",
         "database_pool_connections_max",
         "database_pool_connections_min",
+        "database_replica_lag_seconds",
+        "database_replica_fallbacks_total",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",

@@ -4,26 +4,30 @@
 mod observe;
 mod operation;
 pub mod postgres;
+pub mod replica;
 
 pub use observe::{Call, ErrorKind, Failure, observe, record_not_found};
 pub use operation::Operation;
 pub use postgres::Pipelines;
+pub use replica::{Freshness, Lsn, Replica};
 
 use std::path::Path;
 use std::sync::Arc;
 
 use migration::{Migrator, MigratorTrait};
-use observability::db::PoolState;
+use observability::db::{Pool, PoolState, record_pool};
 use sea_orm::{ConnectOptions, DatabaseConnection, DbBackend, DbErr};
 
 use crate::config::{Config, HealthCheck, PoolConfig};
 
 /// The service's database: SeaORM's connection (SQLite's data path; on PostgreSQL, the
-/// migrations) and, on PostgreSQL, the pipelined connections every statement runs on.
+/// migrations) and, on PostgreSQL, the pipelined connections every statement runs on, with
+/// the replica's for reads when `DATABASE_READ_URL` is set.
 #[derive(Clone)]
 pub struct Database {
     pub orm: DatabaseConnection,
     pub pg: Option<Arc<Pipelines>>,
+    pub replica: Option<Arc<Replica>>,
     pool: PoolConfig,
 }
 
@@ -33,6 +37,7 @@ impl Database {
             return Ok(Self {
                 orm: Box::pin(connect(config, &config.pool)).await?,
                 pg: None,
+                replica: None,
                 pool: config.pool.clone(),
             });
         }
@@ -48,9 +53,26 @@ impl Database {
             .map_err(|error| DbErr::Custom(format!("cannot connect to PostgreSQL: {error}")))?;
         let slow = config.pool.slow_query;
         pg.set_metric_callback(move |info| log_if_slow(info.sql, info.elapsed, info.failed, slow));
+        let pg = Arc::new(pg);
+        let replica = match &config.replica {
+            Some(replica) => {
+                let replica = Replica::new(replica, &config.pool).map_err(|error| {
+                    DbErr::Custom(format!("invalid DATABASE_READ_URL: {error}"))
+                })?;
+                replica.pipelines.set_metric_callback(move |info| {
+                    log_if_slow(info.sql, info.elapsed, info.failed, slow)
+                });
+                let replica = Arc::new(replica);
+                observability::db::register_replica();
+                Replica::watch(&replica, &pg);
+                Some(replica)
+            }
+            None => None,
+        };
         Ok(Self {
             orm,
-            pg: Some(Arc::new(pg)),
+            pg: Some(pg),
+            replica,
             pool: config.pool.clone(),
         })
     }
@@ -60,6 +82,7 @@ impl Database {
         Self {
             orm: DatabaseConnection::default(),
             pg: None,
+            replica: None,
             pool: Config::from_lookup(|_| None)
                 .expect("the defaults are valid")
                 .pool,
@@ -71,6 +94,17 @@ impl Database {
         match &self.pg {
             Some(pg) => pg.state(),
             None => pool_state(&self.orm, &self.pool),
+        }
+    }
+
+    /// Sets the pool gauges: one set, or with a replica one per pool.
+    pub fn record_pools(&self) {
+        match &self.replica {
+            Some(replica) => {
+                record_pool(Some(Pool::Primary), self.pool_state());
+                record_pool(Some(Pool::Replica), replica.state());
+            }
+            None => record_pool(None, self.pool_state()),
         }
     }
 
@@ -90,11 +124,17 @@ impl Database {
         if let Some(pg) = &self.pg {
             pg.housekeeping().await;
         }
+        if let Some(replica) = &self.replica {
+            replica.pipelines.housekeeping().await;
+        }
     }
 
     pub async fn close(&self) -> Result<(), DbErr> {
         if let Some(pg) = &self.pg {
             pg.close();
+        }
+        if let Some(replica) = &self.replica {
+            replica.close();
         }
         self.orm.clone().close().await
     }

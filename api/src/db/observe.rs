@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use observability::db::ErrorKind;
-use observability::db::{record_error, record_query};
+use observability::db::{Pool, record_error, record_query};
 use sea_orm::{ConnAcquireErr, DbBackend, DbErr, RuntimeErr, SqlErr, sqlx};
 use tracing::Instrument;
 
@@ -54,6 +54,8 @@ pub struct Call<'a> {
     pub collection: &'static str,
     /// The statement with its placeholders, never its values.
     pub sql: &'a str,
+    /// Which database runs it, with a replica configured.
+    pub pool: Option<Pool>,
 }
 
 /// Runs one database call inside a span (OpenTelemetry's database client conventions), times
@@ -74,6 +76,7 @@ pub fn observe<T, E: Failure>(
 /// One call's span, name and start.
 struct Observed {
     name: &'static str,
+    pool: Option<Pool>,
     span: tracing::Span,
     started: Instant,
 }
@@ -85,6 +88,7 @@ impl Observed {
             backend,
             collection,
             sql,
+            pool,
         } = call;
         let name = operation.as_str();
         let verb = operation.sql_verb();
@@ -103,12 +107,14 @@ impl Observed {
             db.collection.name = collection,
             db.query.text = sql,
             user_service.operation = name,
+            user_service.pool = pool.map(Pool::as_str),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
         observability::telemetry::record_trace_ids(&span);
         Observed {
             name,
+            pool,
             span,
             started: Instant::now(),
         }
@@ -118,14 +124,14 @@ impl Observed {
         let elapsed = self.started.elapsed();
         match result {
             Ok(value) => {
-                record_query(self.name, elapsed, None);
+                record_query(self.name, self.pool, elapsed, None);
                 Ok(value)
             }
             Err(error) => {
                 let kind = error.kind();
                 self.span.record("otel.status_code", "error");
                 self.span.record("error.type", kind.as_str());
-                record_query(self.name, elapsed, Some(kind));
+                record_query(self.name, self.pool, elapsed, Some(kind));
                 self.span
                     .in_scope(|| log_failure(self.name, kind, &error, elapsed));
                 Err(kind)

@@ -24,6 +24,9 @@ pub enum Operation {
     DeleteUser,
     #[strum(serialize = "user.version_of")]
     UserVersion,
+    /// The primary's WAL position after a write, for its `Consistency-Token`.
+    #[strum(serialize = "wal.position")]
+    WalPosition,
 }
 
 impl Operation {
@@ -39,7 +42,8 @@ impl Operation {
             | Operation::FindUserByEmail
             | Operation::ListUsers
             | Operation::ListUsersUpdatedSince
-            | Operation::UserVersion => "SELECT",
+            | Operation::UserVersion
+            | Operation::WalPosition => "SELECT",
             Operation::UpdateUser => "UPDATE",
             Operation::DeleteUser => "DELETE",
         }
@@ -56,7 +60,8 @@ impl Operation {
             Operation::FindUserById
             | Operation::FindUserByEmail
             | Operation::ListUsers
-            | Operation::ListUsersUpdatedSince => Lane::Read,
+            | Operation::ListUsersUpdatedSince
+            | Operation::WalPosition => Lane::Read,
         }
     }
 

@@ -184,6 +184,16 @@ struct Lease {
 impl Pipelines {
     /// Parses `url` and opens `DB_MIN_CONNECTIONS` connections.
     pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Self, PgError> {
+        let pipelines = Self::new(url, pool)?;
+        for slot in pipelines.slots.iter().take(pool.min_connections as usize) {
+            pipelines.open(slot).await?;
+        }
+        Ok(pipelines)
+    }
+
+    /// Parses `url`; connections open on first use (and the housekeeping keeps
+    /// `DB_MIN_CONNECTIONS` of them open).
+    pub fn new(url: &str, pool: &PoolConfig) -> Result<Self, PgError> {
         let mut config: tokio_postgres::Config = url.parse()?;
         if let Some(timeout) = pool.statement_timeout {
             config.options(format!("-c statement_timeout={}", timeout.as_millis()));
@@ -192,18 +202,14 @@ impl Pipelines {
         let slots = (0..pool.max_connections).map(|_| Slot::default()).collect();
         // With a single connection both lanes share it; otherwise writes keep at least one.
         let reads = (pool.read_connections as usize).min(pool.max_connections.max(2) as usize - 1);
-        let pipelines = Self {
+        Ok(Self {
             slots,
             reads,
             next: [AtomicUsize::new(0), AtomicUsize::new(0)],
             config,
             pool: pool.clone(),
             callback: ArcSwapOption::empty(),
-        };
-        for slot in pipelines.slots.iter().take(pool.min_connections as usize) {
-            pipelines.open(slot).await?;
-        }
-        Ok(pipelines)
+        })
     }
 
     /// Called after every statement (the slow-statement log; tests record what runs).
@@ -477,8 +483,6 @@ impl Pipelines {
     }
 }
 
-/// A statement's values as tokio-postgres parameters. (sea-query-postgres does this, but does
-/// not build against the sea-query features SeaORM turns on; the service binds five types.)
 /// The open connections among `slots`.
 fn open_in(slots: &[Slot]) -> impl Iterator<Item = (&Slot, Arc<Connection>)> {
     slots
@@ -507,6 +511,8 @@ fn place_in(
         })
 }
 
+/// A statement's values as tokio-postgres parameters. (sea-query-postgres does this, but does
+/// not build against the sea-query features SeaORM turns on; the service binds five types.)
 struct Params<'a>(Vec<Param<'a>>);
 
 #[derive(Debug)]

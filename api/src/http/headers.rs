@@ -98,12 +98,19 @@ pub fn cors(origins: &[String]) -> Option<Cors> {
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
             .allow_headers([
                 "authorization",
+                "consistency-token",
                 "content-type",
                 "if-match",
                 "if-none-match",
                 "x-request-id",
             ])
-            .expose_headers(["etag", "location", "retry-after", "x-request-id"])
+            .expose_headers([
+                "consistency-token",
+                "etag",
+                "location",
+                "retry-after",
+                "x-request-id",
+            ])
             .max_age(600)
     })
 }

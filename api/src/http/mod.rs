@@ -1,9 +1,10 @@
 //! Everything HTTP that is not about users: problem+json errors, input checks, the auth guard
-//! and rate limit, security headers and CORS, pre-encoded JSON bodies, and the spec with
-//! Swagger UI.
+//! and rate limit, security headers and CORS, pre-encoded JSON bodies, consistency tokens, and
+//! the spec with Swagger UI.
 
 pub mod auth;
 pub mod connections;
+pub mod consistency;
 pub mod encoded_json;
 pub mod error;
 pub mod headers;

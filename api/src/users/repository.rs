@@ -19,7 +19,12 @@ use uuid::Uuid;
 
 use super::cursor::{Cursor, Order};
 use crate::db::postgres::PgError;
-use crate::db::{Call, Database, ErrorKind, Operation, Pipelines, observe, record_not_found};
+use crate::db::replica::{self, PRIMARY_POSITION};
+use crate::db::{
+    Call, Database, ErrorKind, Freshness, Lsn, Operation, Pipelines, Replica, observe,
+    record_not_found,
+};
+use observability::db::Pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -234,11 +239,13 @@ pub mod statements {
 }
 
 /// The statements' execution: on PostgreSQL over the pipelined connections (prepared, but for
-/// name searches), on SQLite through SeaORM.
+/// name searches), reads on the replica when one is configured and fresh enough; on SQLite
+/// through SeaORM.
 #[derive(Clone)]
 pub struct UserRepository {
     orm: DatabaseConnection,
     pg: Option<Arc<Pipelines>>,
+    replica: Option<Arc<Replica>>,
 }
 
 impl UserRepository {
@@ -246,7 +253,13 @@ impl UserRepository {
         Self {
             orm: db.orm.clone(),
             pg: db.pg.clone(),
+            replica: db.replica.clone(),
         }
+    }
+
+    /// The `pool` label of statements on the primary: only with a replica configured.
+    fn primary(&self) -> Option<Pool> {
+        self.replica.as_ref().map(|_| Pool::Primary)
     }
 
     fn backend(&self) -> DbBackend {
@@ -257,12 +270,38 @@ impl UserRepository {
     }
 
     /// What a statement runs, for its span.
-    fn call<'a>(&self, operation: Operation, sql: &'a str) -> Call<'a> {
+    fn call<'a>(&self, operation: Operation, sql: &'a str, pool: Option<Pool>) -> Call<'a> {
         Call {
             operation,
             backend: self.backend(),
             collection: Users.table_name(),
             sql,
+            pool,
+        }
+    }
+
+    /// The primary's WAL position now, past every commit acknowledged so far: a write's
+    /// `Consistency-Token`. `None` without a replica (every read is on the primary), or when
+    /// it cannot be read (the write is committed all the same; reads with `None` go to the
+    /// primary).
+    pub async fn committed_position(&self) -> Option<Lsn> {
+        let (pg, Some(_)) = (self.pg.as_ref()?, &self.replica) else {
+            return None;
+        };
+        let operation = Operation::WalPosition;
+        let rows = pg.query(operation.lane(), PRIMARY_POSITION, &[]);
+        let call = self.call(operation, PRIMARY_POSITION, self.primary());
+        let position = observe(call, async {
+            let rows = rows.await?;
+            Ok::<_, PgError>(
+                rows.first()
+                    .map(|row| row.try_get::<_, i64>(0))
+                    .transpose()?,
+            )
+        });
+        match position.await {
+            Ok(Some(position)) => Some(Lsn(position as u64)),
+            Ok(None) | Err(_) => None,
         }
     }
 
@@ -282,7 +321,7 @@ impl UserRepository {
         match &self.pg {
             Some(pg) => {
                 let statement = insert.build(DbBackend::Postgres);
-                let call = self.call(operation, &statement.sql);
+                let call = self.call(operation, &statement.sql, self.primary());
                 observe(
                     call,
                     pg.execute(operation.lane(), &statement.sql, values(&statement)),
@@ -291,26 +330,21 @@ impl UserRepository {
             }
             None => {
                 let statement = insert.build(self.backend());
-                let call = self.call(operation, &statement.sql);
+                let call = self.call(operation, &statement.sql, None);
                 observe(call, insert.exec_without_returning(&self.orm)).await?;
             }
         }
         Ok(user)
     }
 
-    pub async fn find_by_id(&self, id: Uuid) -> Result<users::Model, RepoError> {
+    pub async fn find_by_id(
+        &self,
+        id: Uuid,
+        freshness: Freshness,
+    ) -> Result<users::Model, RepoError> {
         let operation = Operation::FindUserById;
-        let found = self.select(operation, statements::find_by_id(id)).await?;
-        found
-            .into_iter()
-            .next()
-            .ok_or_else(|| record_not_found(operation).into())
-    }
-
-    pub async fn find_by_email(&self, email: &str) -> Result<users::Model, RepoError> {
-        let operation = Operation::FindUserByEmail;
         let found = self
-            .select(operation, statements::find_by_email(email))
+            .select(operation, statements::find_by_id(id), freshness)
             .await?;
         found
             .into_iter()
@@ -318,7 +352,22 @@ impl UserRepository {
             .ok_or_else(|| record_not_found(operation).into())
     }
 
-    pub async fn list(&self, query: ListQuery) -> Result<Page, RepoError> {
+    pub async fn find_by_email(
+        &self,
+        email: &str,
+        freshness: Freshness,
+    ) -> Result<users::Model, RepoError> {
+        let operation = Operation::FindUserByEmail;
+        let found = self
+            .select(operation, statements::find_by_email(email), freshness)
+            .await?;
+        found
+            .into_iter()
+            .next()
+            .ok_or_else(|| record_not_found(operation).into())
+    }
+
+    pub async fn list(&self, query: ListQuery, freshness: Freshness) -> Result<Page, RepoError> {
         let select = statements::list(self.backend(), &query);
         let rows = match &self.pg {
             // Name searches run unnamed, planned with their parameters every time. A prepared
@@ -329,16 +378,20 @@ impl UserRepository {
             // `ali`). Planning per call costs a fraction of a millisecond and picks the right
             // one each time.
             Some(pg) if query.name_prefix.is_some() => {
+                let operation = query.operation();
                 let statement = select.build(DbBackend::Postgres);
-                let rows = pg.query_unprepared(
-                    query.operation().lane(),
-                    &statement.sql,
-                    values(&statement),
-                );
-                let call = self.call(query.operation(), &statement.sql);
-                observe(call, async { users_of(rows.await?) }).await?
+                replica::route(pg, self.replica.as_deref(), freshness, |pipelines, pool| {
+                    let rows = pipelines.query_unprepared(
+                        operation.lane(),
+                        &statement.sql,
+                        values(&statement),
+                    );
+                    let call = self.call(operation, &statement.sql, pool);
+                    observe(call, async { users_of(rows.await?) })
+                })
+                .await?
             }
-            _ => self.select(query.operation(), select).await?,
+            _ => self.select(query.operation(), select, freshness).await?,
         };
         Ok(paginate(rows, &query))
     }
@@ -348,22 +401,28 @@ impl UserRepository {
         statements::list(self.backend(), query).build(self.backend())
     }
 
-    /// Runs a SELECT of users.
+    /// Runs a SELECT of users, where `freshness` allows.
     async fn select(
         &self,
         operation: Operation,
         select: Select<Users>,
+        freshness: Freshness,
     ) -> Result<Vec<users::Model>, ErrorKind> {
         match &self.pg {
             Some(pg) => {
                 let statement = select.build(DbBackend::Postgres);
-                let rows = pg.query(operation.lane(), &statement.sql, values(&statement));
-                let call = self.call(operation, &statement.sql);
-                observe(call, async { users_of(rows.await?) }).await
+                replica::route(pg, self.replica.as_deref(), freshness, |pipelines, pool| {
+                    let rows =
+                        pipelines.query(operation.lane(), &statement.sql, values(&statement));
+                    let call = self.call(operation, &statement.sql, pool);
+                    observe(call, async { users_of(rows.await?) })
+                })
+                .await
             }
             None => {
                 let statement = select.build(self.backend());
-                observe(self.call(operation, &statement.sql), select.all(&self.orm)).await
+                let call = self.call(operation, &statement.sql, None);
+                observe(call, select.all(&self.orm)).await
             }
         }
     }
@@ -375,7 +434,8 @@ impl UserRepository {
         precondition: Precondition,
     ) -> Result<users::Model, RepoError> {
         if changes.is_empty() {
-            let current = self.find_by_id(id).await?;
+            // A write's answer: as new as the primary's.
+            let current = self.find_by_id(id, Freshness::Latest).await?;
             return if precondition.admits(current.version) {
                 Ok(current)
             } else {
@@ -395,13 +455,13 @@ impl UserRepository {
                 let statement = statements::update_returning(id, changes, versions, now())
                     .build(PostgresQueryBuilder);
                 let rows = pg.query(operation.lane(), &statement.0, &statement.1.0);
-                let call = self.call(operation, &statement.0);
+                let call = self.call(operation, &statement.0, self.primary());
                 observe(call, async { users_of(rows.await?) }).await?
             }
             None => {
                 let update = statements::update(id, changes, versions, now());
                 let statement = update.clone().build(self.backend());
-                let call = self.call(operation, &statement.sql);
+                let call = self.call(operation, &statement.sql, None);
                 observe(call, update.exec_with_returning(&self.orm)).await?
             }
         };
@@ -424,7 +484,7 @@ impl UserRepository {
         let deleted = match &self.pg {
             Some(pg) => {
                 let statement = delete.build(DbBackend::Postgres);
-                let call = self.call(operation, &statement.sql);
+                let call = self.call(operation, &statement.sql, self.primary());
                 observe(
                     call,
                     pg.execute(operation.lane(), &statement.sql, values(&statement)),
@@ -433,7 +493,7 @@ impl UserRepository {
             }
             None => {
                 let statement = delete.build(self.backend());
-                let call = self.call(operation, &statement.sql);
+                let call = self.call(operation, &statement.sql, None);
                 observe(call, delete.exec(&self.orm)).await?.rows_affected
             }
         };
@@ -451,18 +511,21 @@ impl UserRepository {
         let found = match &self.pg {
             Some(pg) => {
                 let statement = select.build(DbBackend::Postgres);
-                observe(self.call(operation, &statement.sql), async {
-                    Ok::<_, PgError>(
-                        !pg.query(operation.lane(), &statement.sql, values(&statement))
-                            .await?
-                            .is_empty(),
-                    )
-                })
+                observe(
+                    self.call(operation, &statement.sql, self.primary()),
+                    async {
+                        Ok::<_, PgError>(
+                            !pg.query(operation.lane(), &statement.sql, values(&statement))
+                                .await?
+                                .is_empty(),
+                        )
+                    },
+                )
                 .await
             }
             None => {
                 let statement = select.build(self.backend());
-                let call = self.call(operation, &statement.sql);
+                let call = self.call(operation, &statement.sql, None);
                 observe(call, select.into_tuple::<i64>().one(&self.orm))
                     .await
                     .map(|version| version.is_some())

@@ -15,6 +15,7 @@ use super::model::{CreateUserRequest, EmailKey, NamePrefix, UpdateUserRequest, U
 use super::repository::{ListQuery, RepoError, UserChanges};
 use super::store::UserStore;
 use crate::http::API_PREFIX;
+use crate::http::consistency::{ConsistencyToken, freshness, token};
 use crate::http::encoded_json::EncodedJson;
 use crate::http::error::{ApiError, ErrorCode, Errors, error_set};
 
@@ -43,6 +44,9 @@ enum Created {
         String,
         /// The user's version, for `If-Match` on later writes.
         #[oai(header = "ETag")]
+        String,
+        /// Send it back on reads to see this write (read-your-writes).
+        #[oai(header = "Consistency-Token")]
         String,
     ),
 }
@@ -75,14 +79,24 @@ enum Listed {
 enum Updated {
     /// The user after the update.
     #[oai(status = 200)]
-    Ok(EncodedJson<User>, #[oai(header = "ETag")] String),
+    Ok(
+        EncodedJson<User>,
+        #[oai(header = "ETag")] String,
+        /// Send it back on reads to see this write (read-your-writes).
+        #[oai(header = "Consistency-Token")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 enum Deleted {
     /// The user was deleted.
     #[oai(status = 204)]
-    NoContent,
+    NoContent(
+        /// Send it back on reads to see this write (read-your-writes).
+        #[oai(header = "Consistency-Token")]
+        String,
+    ),
 }
 
 /// What a lookup missed by, for the 404's detail.
@@ -132,15 +146,17 @@ impl UsersApi {
     /// Create a user.
     #[oai(path = "/users", method = "post", operation_id = "createUser")]
     async fn create(&self, body: Json<CreateUserRequest>) -> Result<Created, Errors<CreateErrors>> {
-        let (id, user) = self
+        let created = self
             .users
             .create(body.0.into())
             .await
             .map_err(self.fail(Key::Id))?;
+        let (id, user) = created.value;
         Ok(Created::Created(
             user.body,
             location(id),
             etag(user.version),
+            token(created.position),
         ))
     }
 
@@ -153,8 +169,15 @@ impl UsersApi {
         /// the same as absent.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<EntityTags>>,
+        /// A write's `Consistency-Token`: the answer reflects that write.
+        #[oai(name = "Consistency-Token")]
+        consistency: Header<Option<ConsistencyToken>>,
     ) -> Result<Found, Errors<ReadErrors>> {
-        let user = self.users.get(id.0).await.map_err(self.fail(Key::Id))?;
+        let user = self
+            .users
+            .get(id.0, freshness(consistency.0.as_ref()))
+            .await
+            .map_err(self.fail(Key::Id))?;
         let tag = etag(user.version);
         if none_match(if_none_match.0.as_ref(), user.version) {
             return Ok(Found::NotModified(tag));
@@ -168,10 +191,16 @@ impl UsersApi {
         method = "get",
         operation_id = "lookupUserByEmail"
     )]
-    async fn lookup(&self, email: Query<EmailKey>) -> Result<LookedUp, Errors<ReadErrors>> {
+    async fn lookup(
+        &self,
+        email: Query<EmailKey>,
+        /// A write's `Consistency-Token`: the answer reflects that write.
+        #[oai(name = "Consistency-Token")]
+        consistency: Header<Option<ConsistencyToken>>,
+    ) -> Result<LookedUp, Errors<ReadErrors>> {
         let user = self
             .users
-            .lookup(email.0.as_str())
+            .lookup(email.0.as_str(), freshness(consistency.0.as_ref()))
             .await
             .map_err(self.fail(Key::Email))?;
         Ok(LookedUp::Ok(user.body, etag(user.version)))
@@ -194,6 +223,9 @@ impl UsersApi {
         name_prefix: Query<Option<NamePrefix>>,
         /// Only users changed at or after this time (RFC 3339).
         updated_since: Query<Option<DateTime<Utc>>>,
+        /// A write's `Consistency-Token`: the page reflects that write.
+        #[oai(name = "Consistency-Token")]
+        consistency: Header<Option<ConsistencyToken>>,
     ) -> Result<Listed, Errors<ListErrors>> {
         let query = ListQuery {
             limit: limit.0.unwrap_or(DEFAULT_LIMIT).into(),
@@ -201,7 +233,11 @@ impl UsersApi {
             name_prefix: name_prefix.0.map(NamePrefix::into_inner),
             updated_since: updated_since.0,
         };
-        let page = self.users.list(query).await.map_err(self.fail(Key::Id))?;
+        let page = self
+            .users
+            .list(query, freshness(consistency.0.as_ref()))
+            .await
+            .map_err(self.fail(Key::Id))?;
         Ok(Listed::Ok(Json(UserPage {
             items: page.items.into_iter().map(User::from).collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()),
@@ -220,12 +256,17 @@ impl UsersApi {
         body: Json<UpdateUserRequest>,
     ) -> Result<Updated, Errors<UpdateErrors>> {
         let changes = UserChanges::try_from(body.0)?;
-        let user = self
+        let updated = self
             .users
             .update(id.0, changes, if_match(if_match_header.0.as_ref()))
             .await
             .map_err(self.fail(Key::Id))?;
-        Ok(Updated::Ok(user.body, etag(user.version)))
+        let user = updated.value;
+        Ok(Updated::Ok(
+            user.body,
+            etag(user.version),
+            token(updated.position),
+        ))
     }
 
     /// Delete a user.
@@ -238,10 +279,11 @@ impl UsersApi {
         #[oai(name = "If-Match")]
         if_match_header: Header<Option<EntityTags>>,
     ) -> Result<Deleted, Errors<DeleteErrors>> {
-        self.users
+        let deleted = self
+            .users
             .delete(id.0, if_match(if_match_header.0.as_ref()))
             .await
             .map_err(self.fail(Key::Id))?;
-        Ok(Deleted::NoContent)
+        Ok(Deleted::NoContent(token(deleted.position)))
     }
 }

@@ -13,6 +13,7 @@ use super::repository::{
     ListQuery, NewUser, Page, Precondition, RepoError, UserChanges, UserRepository,
 };
 use crate::cache::{Cache, Entry, Read, Stamp};
+use crate::db::{Freshness, Lsn};
 use crate::http::encoded_json::EncodedJson;
 
 /// A user as the API serves it: its version (the `ETag`) and its JSON.
@@ -44,6 +45,13 @@ impl UserJson {
     }
 }
 
+/// A committed write's answer, and the primary's WAL position after its commit (its
+/// `Consistency-Token`; `None` when there is no replica or it could not be read).
+pub struct Committed<T> {
+    pub value: T,
+    pub position: Option<Lsn>,
+}
+
 #[derive(Clone)]
 pub struct UserStore {
     repository: UserRepository,
@@ -55,43 +63,59 @@ impl UserStore {
         Self { repository, cache }
     }
 
-    pub async fn create(&self, new: NewUser) -> Result<(Uuid, UserJson), RepoError> {
+    pub async fn create(&self, new: NewUser) -> Result<Committed<(Uuid, UserJson)>, RepoError> {
         let stamp = self.stamp();
         let user = self.repository.create(new).await?;
         let id = user.id;
-        Ok((id, self.written(stamp, user).await))
+        let (json, position) = self.written(stamp, user).await;
+        Ok(Committed {
+            value: (id, json),
+            position,
+        })
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<UserJson, RepoError> {
+    /// A hit answers whatever `freshness` asks: the cache holds nothing older than an
+    /// acknowledged write.
+    pub async fn get(&self, id: Uuid, freshness: Freshness) -> Result<UserJson, RepoError> {
         let read = match &self.cache {
             Some(cache) => cache.get(id).await,
             None => Read::Unavailable,
         };
-        self.read_through(read, self.repository.find_by_id(id))
-            .await
+        self.read_through(read, freshness, |freshness| {
+            self.repository.find_by_id(id, freshness)
+        })
+        .await
     }
 
-    pub async fn lookup(&self, email: &str) -> Result<UserJson, RepoError> {
+    pub async fn lookup(&self, email: &str, freshness: Freshness) -> Result<UserJson, RepoError> {
         let read = match &self.cache {
             Some(cache) => cache.lookup(email, |entry| has_email(entry, email)).await,
             None => Read::Unavailable,
         };
-        self.read_through(read, self.repository.find_by_email(email))
-            .await
+        self.read_through(read, freshness, |freshness| {
+            self.repository.find_by_email(email, freshness)
+        })
+        .await
     }
 
     /// A hit as it is; otherwise the database's answer, filled into the cache after a miss.
-    async fn read_through(
+    /// What fills the cache is read on the primary: a replica's older version, stored, would
+    /// be served until its entry expires, long after the replica caught up.
+    async fn read_through<Fut>(
         &self,
         read: Read,
-        database: impl Future<Output = Result<users::Model, RepoError>>,
-    ) -> Result<UserJson, RepoError> {
-        let stamp = match read {
+        freshness: Freshness,
+        database: impl FnOnce(Freshness) -> Fut,
+    ) -> Result<UserJson, RepoError>
+    where
+        Fut: Future<Output = Result<users::Model, RepoError>>,
+    {
+        let (stamp, freshness) = match read {
             Read::Hit(entry) => return Ok(UserJson::cached(entry)),
-            Read::Miss(stamp) => Some(stamp),
-            Read::Unavailable => None,
+            Read::Miss(stamp) => (Some(stamp), Freshness::Latest),
+            Read::Unavailable => (None, freshness),
         };
-        let user = database.await?;
+        let user = database(freshness).await?;
         // The id and email outlive the row only when the cache will store them.
         let fill = self
             .cache
@@ -106,8 +130,8 @@ impl UserStore {
     }
 
     /// Lists are not cached: a page would go stale with any write to any of its users.
-    pub async fn list(&self, query: ListQuery) -> Result<Page, RepoError> {
-        self.repository.list(query).await
+    pub async fn list(&self, query: ListQuery, freshness: Freshness) -> Result<Page, RepoError> {
+        self.repository.list(query, freshness).await
     }
 
     pub async fn update(
@@ -115,18 +139,29 @@ impl UserStore {
         id: Uuid,
         changes: UserChanges,
         precondition: Precondition,
-    ) -> Result<UserJson, RepoError> {
+    ) -> Result<Committed<UserJson>, RepoError> {
         let stamp = self.stamp();
         let user = self.repository.update(id, changes, precondition).await?;
-        Ok(self.written(stamp, user).await)
+        let (value, position) = self.written(stamp, user).await;
+        Ok(Committed { value, position })
     }
 
-    pub async fn delete(&self, id: Uuid, precondition: Precondition) -> Result<(), RepoError> {
+    pub async fn delete(
+        &self,
+        id: Uuid,
+        precondition: Precondition,
+    ) -> Result<Committed<()>, RepoError> {
         self.repository.delete(id, precondition).await?;
-        if let Some(cache) = &self.cache {
-            cache.delete(id).await;
-        }
-        Ok(())
+        let forget = async {
+            if let Some(cache) = &self.cache {
+                cache.delete(id).await;
+            }
+        };
+        let ((), position) = tokio::join!(forget, self.repository.committed_position());
+        Ok(Committed {
+            value: (),
+            position,
+        })
     }
 
     /// The generation to stamp a write's store with, taken before its commit.
@@ -134,17 +169,22 @@ impl UserStore {
         self.cache.as_ref().map(Cache::stamp)
     }
 
-    async fn written(&self, stamp: Option<Stamp>, user: users::Model) -> UserJson {
+    /// A committed user's answer, once stored in the cache, with the commit's position (the
+    /// two asked for together).
+    async fn written(&self, stamp: Option<Stamp>, user: users::Model) -> (UserJson, Option<Lsn>) {
         let store = self
             .cache
             .as_ref()
             .zip(stamp)
             .map(|to| (to, user.id, user.email.clone()));
         let json = UserJson::of(user);
-        if let Some(((cache, stamp), id, email)) = store {
-            cache.store(stamp, id, &json.entry(), &email).await;
-        }
-        json
+        let cached = async {
+            if let Some(((cache, stamp), id, email)) = store {
+                cache.store(stamp, id, &json.entry(), &email).await;
+            }
+        };
+        let ((), position) = tokio::join!(cached, self.repository.committed_position());
+        (json, position)
     }
 }
 

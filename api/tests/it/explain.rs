@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::common::{Backend, TestDb, test_config};
+use api::db::Freshness;
 use api::users::cursor::Cursor;
 use api::users::repository::{ListQuery, NewUser, Precondition, UserChanges, UserRepository};
 use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder, Value};
@@ -90,8 +91,14 @@ async fn every_repository_statement_uses_an_index() {
         })
         .await
         .unwrap();
-    repository.find_by_id(user.id).await.unwrap();
-    repository.find_by_email("PROBE@example.com").await.unwrap();
+    repository
+        .find_by_id(user.id, Freshness::Any)
+        .await
+        .unwrap();
+    repository
+        .find_by_email("PROBE@example.com", Freshness::Any)
+        .await
+        .unwrap();
     let deep_cursor = Cursor {
         at: deep.1,
         id: deep.2,
@@ -107,12 +114,15 @@ async fn every_repository_statement_uses_an_index() {
         (Some(deep_cursor), None, Some(since)),
     ] {
         repository
-            .list(ListQuery {
-                limit: 50,
-                after,
-                name_prefix,
-                updated_since,
-            })
+            .list(
+                ListQuery {
+                    limit: 50,
+                    after,
+                    name_prefix,
+                    updated_since,
+                },
+                Freshness::Any,
+            )
             .await
             .unwrap();
     }
@@ -162,10 +172,13 @@ async fn every_repository_statement_uses_an_index() {
                 updated_since,
             };
             repository
-                .list(ListQuery {
-                    name_prefix: Some(name_prefix.clone()),
-                    ..query
-                })
+                .list(
+                    ListQuery {
+                        name_prefix: Some(name_prefix.clone()),
+                        ..query
+                    },
+                    Freshness::Any,
+                )
                 .await
                 .unwrap();
             searches.push((

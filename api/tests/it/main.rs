@@ -14,6 +14,7 @@ mod migrations;
 mod openapi;
 mod otlp;
 mod pipelines;
+mod replica;
 mod security;
 mod shutdown;
 mod startup;

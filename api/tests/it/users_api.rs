@@ -25,6 +25,7 @@ on_every_backend!(
     unknown_routes_and_methods_are_problems,
     health_probes_answer,
     docs_and_spec_are_served,
+    writes_answer_with_a_consistency_token,
 );
 
 async fn list(app: &TestApp, query: &str) -> Value {
@@ -677,4 +678,72 @@ async fn docs_and_spec_are_served(backend: Backend) {
             .unwrap()
             .contains("swagger")
     );
+}
+
+/// Every 2xx write answers with a `Consistency-Token`, and every read takes one back; without
+/// a replica every token reads the primary. A token no write gave is refused.
+async fn writes_answer_with_a_consistency_token(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let token = |response: &poem::test::TestResponse| {
+        response
+            .0
+            .headers()
+            .get("consistency-token")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+            .expect("a Consistency-Token")
+    };
+    let created = app.create("token@example.com", "Token").await;
+    created.assert_status(poem::http::StatusCode::CREATED);
+    let mut tokens = vec![token(&created)];
+    let user = body(created).await;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+    let updated = app
+        .client
+        .patch(&path)
+        .body_json(&json!({ "name": "Tokened" }))
+        .send()
+        .await;
+    updated.assert_status_is_ok();
+    tokens.push(token(&updated));
+    for token in &tokens {
+        for read in [
+            path.clone(),
+            "/api/v1/users/lookup?email=token@example.com".to_owned(),
+            "/api/v1/users".to_owned(),
+        ] {
+            let response = app
+                .client
+                .get(&read)
+                .header("Consistency-Token", token)
+                .send()
+                .await;
+            response.assert_status_is_ok();
+        }
+    }
+    let deleted = app.client.delete(&path).send().await;
+    deleted.assert_status(poem::http::StatusCode::NO_CONTENT);
+    let gone = app
+        .client
+        .get(&path)
+        .header("Consistency-Token", token(&deleted))
+        .send()
+        .await;
+    assert_problem(gone, 404, "user_not_found").await;
+    for bad in ["latest", "0/0/0", "1/g"] {
+        let response = app
+            .client
+            .get("/api/v1/users")
+            .header("Consistency-Token", bad)
+            .send()
+            .await;
+        let problem = assert_problem(response, 400, "invalid_request").await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Consistency-Token"),
+            "{problem}"
+        );
+    }
 }

@@ -10,6 +10,7 @@
 pub mod binary;
 pub mod pgbouncer;
 pub mod redis_server;
+pub mod replica;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
