@@ -7,7 +7,8 @@
 #   pg-replica.sh attach DIR PRIMARY_PORT REPLICA_PORT
 #       A replica, in DIR, of the server already on 127.0.0.1:PRIMARY_PORT (the machine's):
 #       what the bench reads from. Adds `host replication all 127.0.0.1/32 trust` to that
-#       server's pg_hba.conf when it has no replication line, and reloads it.
+#       server's pg_hba.conf when it has no replication line, and reloads it (`down` takes the
+#       line out again).
 #   pg-replica.sh stop DIR primary|replica
 #   pg-replica.sh start DIR primary|replica
 #       Stops (fast shutdown) or starts again one of the servers DIR holds: fault tests.
@@ -55,6 +56,7 @@ start() { # DATA PORT [OPTIONS]
     "-c port=$2 -c listen_addresses=127.0.0.1 -c unix_socket_directories='$(dirname "$1")' -c ssl=off \
      -c hot_standby_feedback=on -c wal_receiver_status_interval=1s ${3:-}" >/dev/null
 }
+hba_line="host replication all 127.0.0.1/32 trust # pg-replica.sh"
 pair_options="-c max_connections=200 -c shared_buffers=32MB -c fsync=off -c full_page_writes=off"
 
 stop() { # DATA
@@ -76,7 +78,7 @@ replicate() { # DIR PRIMARY_PORT REPLICA_PORT SLOT [OPTIONS]
   start "$1/replica" "$3" "${5:-}"
 }
 
-prepare() { # DIR PRIMARY_PORT REPLICA_PORT OWNS_PRIMARY OPTIONS
+prepare() { # DIR PRIMARY_PORT REPLICA_PORT OWNS_PRIMARY OPTIONS HBA_LINE_ADDED_TO
   if [ -e "$1/state" ]; then
     echo "pg-replica: $1 is in use (pg-replica.sh down $1 first)" >&2
     exit 1
@@ -87,8 +89,8 @@ prepare() { # DIR PRIMARY_PORT REPLICA_PORT OWNS_PRIMARY OPTIONS
   # Slot names: lower case letters, digits and underscores.
   local slot
   slot="replica_$(printf '%s' "$(realpath "$1")" | md5sum | cut -c1-16)"
-  printf 'primary_port=%s\nreplica_port=%s\nslot=%s\nowns_primary=%s\noptions="%s"\n' \
-    "$2" "$3" "$slot" "$4" "$5" >"$1/state"
+  printf 'primary_port=%s\nreplica_port=%s\nslot=%s\nowns_primary=%s\noptions="%s"\nhba_added="%s"\n' \
+    "$2" "$3" "$slot" "$4" "$5" "${6:-}" >"$1/state"
   echo "$slot"
 }
 
@@ -109,11 +111,13 @@ case "$cmd" in
     [ $# -eq 4 ] || usage
     dir=$2 primary_port=$3 replica_port=$4
     hba=$(psql_at "$primary_port" "SHOW hba_file")
+    added=
     if ! grep -Eq '^[[:space:]]*host[[:space:]]+replication[[:space:]]' "$hba"; then
-      sed -i '1i host replication all 127.0.0.1/32 trust' "$hba"
+      sed -i "1i $hba_line" "$hba"
       psql_at "$primary_port" "SELECT pg_reload_conf()" >/dev/null
+      added=$hba
     fi
-    slot=$(prepare "$dir" "$primary_port" "$replica_port" no "")
+    slot=$(prepare "$dir" "$primary_port" "$replica_port" no "" "$added")
     trap '[ "${made:-}" = yes ] || "$0" down "$dir"' EXIT
     replicate "$dir" "$primary_port" "$replica_port" "$slot"
     made=yes
@@ -152,6 +156,10 @@ case "$cmd" in
       done
     fi
     stop "$dir/primary"
+    if [ -n "${hba_added:-}" ] && [ -f "$hba_added" ]; then
+      sed -i "\|^$hba_line\$|d" "$hba_added"
+      psql_at "$primary_port" "SELECT pg_reload_conf()" >/dev/null || true
+    fi
     rm -rf "$dir"
     ;;
   *)

@@ -53,6 +53,9 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
     }
     let metrics = Metrics::install();
     Operation::register_all();
+    if db.replica.is_some() {
+        observability::db::register_replica();
+    }
     let cache = match &config.cache {
         Some(cache) => {
             let cache = Cache::new(cache).map_err(StartupError::Cache)?;

@@ -85,13 +85,6 @@ pub fn hit_ratio(before: &str, after: &str) -> Option<f64> {
     (asked > 0.0).then(|| hits / asked)
 }
 
-/// How much the `cache_requests_total` series that `selected` picks grew between two scrapes.
 fn increase(before: &str, after: &str, selected: impl Fn(&str) -> bool) -> f64 {
-    let sum = |text: &str| -> f64 {
-        text.lines()
-            .filter(|line| line.starts_with("cache_requests_total{") && selected(line))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    sum(after) - sum(before)
+    crate::scrape::increase(before, after, "cache_requests_total", selected)
 }

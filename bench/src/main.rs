@@ -10,8 +10,10 @@ mod load;
 mod middleware;
 mod pgbouncer;
 mod postgres;
+mod replica;
 mod report;
 mod scenarios;
+mod scrape;
 mod seed;
 mod service;
 mod statements;
@@ -115,7 +117,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 256)]
     high_connections: u32,
     /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N,
-    /// pgbouncer, unprepared, or the name of a `--build`.
+    /// pgbouncer, unprepared, replica, or the name of a `--build`.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
     /// Connections per lane to sweep (N for reads and N for writes; get by id, create and mix,
@@ -218,6 +220,8 @@ pub struct Config {
     pub binary: Option<PathBuf>,
     /// The service connects through the bench's PgBouncer (transaction mode).
     pub pgbouncer: bool,
+    /// The service reads from the bench's streaming replica (`DATABASE_READ_URL`).
+    pub replica: bool,
 }
 
 fn config(name: &str, run: &RunArgs) -> Result<Config> {
@@ -235,6 +239,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             env: Vec::new(),
             binary: Some(binary.clone()),
             pgbouncer: false,
+            replica: false,
         });
     }
     Ok(match name {
@@ -245,6 +250,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             postgres: Settings::Server,
             binary: None,
             pgbouncer: false,
+            replica: false,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "10"),
                 ("DB_MIN_CONNECTIONS", "0"),
@@ -259,6 +265,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             postgres: Settings::Server,
             binary: None,
             pgbouncer: false,
+            replica: false,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "50"),
                 ("DB_MIN_CONNECTIONS", "5"),
@@ -276,6 +283,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             env: Vec::new(),
             binary: None,
             pgbouncer: false,
+            replica: false,
         },
         // The shipped defaults with unnamed statements only, the statement timeout left to the
         // server: what those cost, directly.
@@ -289,12 +297,20 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             ]),
             binary: None,
             pgbouncer: false,
+            replica: false,
         },
         // `unprepared` through PgBouncer in transaction mode (the bench's own, port 16432).
         "pgbouncer" => Config {
             name: name.into(),
             pgbouncer: true,
             ..config("unprepared", run)?
+        },
+        // The shipped defaults reading from the bench's streaming replica of the local
+        // PostgreSQL (on the same machine: what routing costs, not what a second host adds).
+        "replica" => Config {
+            name: name.into(),
+            replica: true,
+            ..config("tuned", run)?
         },
         // The shipped defaults with the cache on (the bench's own Redis, warmed with every
         // user by id and by email before the scenarios; the skewed one starts cold).
@@ -305,6 +321,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             env: env(&[("REDIS_URL", &cache::url())]),
             binary: None,
             pgbouncer: false,
+            replica: false,
         },
         // The shipped defaults with PostgreSQL tuned as docker-compose.yml tunes it (ALTER
         // SYSTEM and a restart of the local cluster; undone at the end of the run).
@@ -315,6 +332,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             env: Vec::new(),
             binary: None,
             pgbouncer: false,
+            replica: false,
         },
         // The cache on, with N connections per lane (`cached-pool-N`).
         other if other.starts_with("cached-pool-") => {
@@ -335,6 +353,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
                 postgres: Settings::Server,
                 binary: None,
                 pgbouncer: false,
+                replica: false,
                 env: vec![
                     ("DB_MAX_CONNECTIONS".into(), (2 * size).to_string()),
                     ("DB_MIN_CONNECTIONS".into(), (2 * size).to_string()),
@@ -343,7 +362,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             },
             None => {
                 bail!(
-                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, pgbouncer, unprepared or a --build name"
+                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, pgbouncer, unprepared, replica or a --build name"
                 )
             }
         },
@@ -415,6 +434,10 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
     };
     let _bouncer = match run.configs.iter().any(|name| name == "pgbouncer") {
         true => Some(pgbouncer::Server::start(&database_user(&common.database_url)).await?),
+        false => None,
+    };
+    let _replica = match run.configs.iter().any(|name| name == "replica") {
+        true => Some(replica::Server::start()?),
         false => None,
     };
     let bench = Bench {
@@ -637,11 +660,15 @@ impl Bench<'_> {
                     } else {
                         &urls.noidx
                     };
+                    let mut env = config.env.clone();
+                    if config.replica {
+                        env.push(("DATABASE_READ_URL".into(), replica::url_of(url)));
+                    }
                     for (scenario, sample) in self
                         .service_run_at(
                             config.binary.as_ref().unwrap_or(&self.run.binary),
                             url,
-                            &config.env,
+                            &env,
                             std::slice::from_ref(scenario),
                             duration,
                             self.run.connections,
@@ -776,26 +803,32 @@ impl Bench<'_> {
             if let Some(redis) = redis.filter(|_| scenario.lua == "zipf_get_by_id") {
                 redis.flush()?;
             }
-            let metrics_before = match redis {
-                Some(_) => service.metrics().await?,
-                None => String::new(),
+            let replica = env.iter().any(|(name, _)| name == "DATABASE_READ_URL");
+            let metrics_before = match redis.is_some() || replica {
+                true => service.metrics().await?,
+                false => String::new(),
             };
             let cpu_before = service.cpu_seconds();
             let measured = load::wrk(&script, &target, connections, 2, duration).await?;
             let cpu = (service.cpu_seconds() - cpu_before) / duration.as_secs_f64();
             let rss_mib = service.rss() as f64 / (1024.0 * 1024.0);
+            let metrics_after = match redis.is_some() || replica {
+                true => service.metrics().await?,
+                false => String::new(),
+            };
             let (hit_ratio, cache_failures) = match redis {
-                Some(_) => {
-                    let after = service.metrics().await?;
-                    (
-                        cache::hit_ratio(&metrics_before, &after),
-                        Some(cache::failures(&metrics_before, &after)),
-                    )
-                }
+                Some(_) => (
+                    cache::hit_ratio(&metrics_before, &metrics_after),
+                    Some(cache::failures(&metrics_before, &metrics_after)),
+                ),
                 None => (None, None),
             };
+            let reads = match replica {
+                true => replica::summary(&metrics_before, &metrics_after),
+                false => String::new(),
+            };
             eprintln!(
-                "  {:<16} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  rss {:.0} MiB  cpu {:.2}{}",
+                "  {:<16} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  rss {:.0} MiB  cpu {:.2}{}{reads}",
                 scenario.name,
                 measured.requests_per_sec,
                 measured.p50_ms,
@@ -908,8 +941,39 @@ async fn restore(url: &str) -> Result<()> {
     let mut conn = PgConnection::connect(url).await?;
     conn.execute("DELETE FROM users WHERE email LIKE 'bench-%' OR email LIKE 'pgbench-%'")
         .await?;
+    replicas_past_the_delete(&mut conn).await?;
     conn.execute("VACUUM ANALYZE users").await?;
     conn.close().await?;
+    Ok(())
+}
+
+/// Waits until every streaming replica's `hot_standby_feedback` no longer holds back the rows
+/// just deleted (VACUUM said "50000 are dead but not yet removable" while a slot's xmin did),
+/// so VACUUM removes them, there too. A hot standby cannot mark dead index entries
+/// itself: until VACUUM's removal reaches it, every index scan on it walks the deleted rows
+/// (the newest-first list page walked ~2,500 buffers instead of 9 after 50k deleted rows:
+/// bench/replica/RESULTS.md). Replicas whose feedback this role cannot see are not waited for.
+async fn replicas_past_the_delete(conn: &mut PgConnection) -> Result<()> {
+    let after: i64 = sqlx::query_scalar("SELECT txid_current() & 4294967295")
+        .fetch_one(&mut *conn)
+        .await?;
+    for _ in 0..200 {
+        // Through a slot, the feedback is the slot's xmin; without one, the sender's.
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM ( \
+               SELECT xmin FROM pg_replication_slots \
+               UNION ALL SELECT backend_xmin FROM pg_stat_replication \
+             ) feedback WHERE xmin IS NOT NULL AND xmin::text::bigint <= $1",
+        )
+        .bind(after)
+        .fetch_one(&mut *conn)
+        .await?;
+        if behind == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("  a replica's feedback still holds the deleted rows after 10 s: vacuuming anyway");
     Ok(())
 }
 
@@ -1025,6 +1089,7 @@ async fn smoke(binary: PathBuf, database_url: String) -> Result<()> {
             "tuned".into(),
             "cached".into(),
             "pgbouncer".into(),
+            "replica".into(),
         ],
         sweep: vec![1],
         scenarios: Vec::new(),

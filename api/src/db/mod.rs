@@ -63,7 +63,6 @@ impl Database {
                     log_if_slow(info.sql, info.elapsed, info.failed, slow)
                 });
                 let replica = Arc::new(replica);
-                observability::db::register_replica();
                 Replica::watch(&replica, &pg);
                 Some(replica)
             }

@@ -501,18 +501,7 @@ async fn the_metrics_count_hits_errors_and_bypasses() {
     let db = TestDb::new(Backend::Postgres).await;
     let url = redis.url();
     let service = Binary::start(db.url(), &[("REDIS_URL", url.as_str())], None).await;
-    let create = r#"{"email":"metered@example.com","name":"Metered"}"#;
-    let created = exchange(
-        service.public,
-        &format!(
-            "POST /api/v1/users HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{create}",
-            create.len()
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let created = service.create("metered@example.com", "Metered").await;
     let id = created
         .split("/api/v1/users/")
         .nth(1)

@@ -228,18 +228,7 @@ async fn a_replica_stopped_under_read_load_fails_no_read_and_is_used_again_once_
         None,
     )
     .await;
-    let create = r#"{"email":"loaded@example.com","name":"Loaded"}"#;
-    let created = exchange(
-        service.public,
-        &format!(
-            "POST /api/v1/users HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{create}",
-            create.len()
-        ),
-    )
-    .await
-    .unwrap();
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let created = service.create("loaded@example.com", "Loaded").await;
     let header = |name: &str| {
         created
             .lines()

@@ -93,6 +93,24 @@ impl Binary {
             .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
     }
 
+    /// Creates a user through the public listener: the whole 201 response (status line,
+    /// headers, body).
+    pub async fn create(&self, email: &str, name: &str) -> String {
+        let body = serde_json::json!({ "email": email, "name": name }).to_string();
+        let created = exchange(
+            self.public,
+            &format!(
+                "POST /api/v1/users HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+        created
+    }
+
     /// Kills it; the log lines it wrote.
     pub async fn kill(mut self) -> String {
         self.child.kill().await.unwrap();
