@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -70,11 +70,23 @@ const REPLAYED_POSITION: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0')::int8
 /// behind (at least), which must be past any sensible `DB_READ_MAX_LAG_MS`.
 const HISTORY: Duration = Duration::from_secs(120);
 
+/// What the last check found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Status {
+    /// None yet: reads go to the primary until the first check.
+    Unchecked,
+    /// It answered and replays the primary's WAL.
+    Replaying,
+    /// It did not answer, is not replaying, or a read failed on it since.
+    Unavailable,
+}
+
 pub struct Replica {
     pub pipelines: Pipelines,
     max_lag: Duration,
-    /// Last check answered, and this replica replays the primary's WAL.
-    healthy: AtomicBool,
+    /// What the last check found, as a [`Status`].
+    status: AtomicU8,
     /// The replayed position at the last check.
     replayed: AtomicU64,
     lag_micros: AtomicU64,
@@ -91,7 +103,7 @@ impl Replica {
         Ok(Self {
             pipelines: Pipelines::new(&config.url, pool)?,
             max_lag: config.max_lag,
-            healthy: AtomicBool::new(false),
+            status: AtomicU8::new(Status::Unchecked as u8),
             replayed: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
             history: Mutex::default(),
@@ -102,7 +114,8 @@ impl Replica {
     /// Stops the checks and drops the connections (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.healthy.store(false, Ordering::Release);
+        self.status
+            .store(Status::Unavailable as u8, Ordering::Release);
         self.pipelines.close();
     }
 
@@ -115,7 +128,7 @@ impl Replica {
     /// Whether the replica may answer a read, one that must see the commit ending at `since`
     /// if given; otherwise why not.
     pub fn admits(&self, since: Option<Lsn>) -> Result<(), Fallback> {
-        if !self.healthy.load(Ordering::Acquire) {
+        if self.status.load(Ordering::Acquire) != Status::Replaying as u8 {
             return Err(Fallback::Unavailable);
         }
         if self.lag() > self.max_lag {
@@ -129,7 +142,8 @@ impl Replica {
 
     /// A read on the replica failed: reads go to the primary until a check succeeds again.
     pub fn failed(&self) {
-        self.healthy.store(false, Ordering::Release);
+        self.status
+            .store(Status::Unavailable as u8, Ordering::Release);
     }
 
     pub fn lag(&self) -> Duration {
@@ -142,29 +156,33 @@ impl Replica {
 
     /// One check: the primary's position, then the replica's. A failed check marks the replica
     /// unavailable; its lag keeps being measured against the last position it was seen at.
+    /// Each change of status is logged once.
     async fn check(&self, primary: &Pipelines) {
         let Ok(primary_position) = position(primary, PRIMARY_POSITION).await else {
-            // The primary is unreachable: nothing to measure against, and reads would fail on
-            // it anyway.
+            // The primary is unreachable: nothing to measure against. The replica keeps its
+            // last measure (it cannot fall further behind a primary that writes nothing).
             return;
         };
         let now = Instant::now();
         let replayed = match position(&self.pipelines, REPLAYED_POSITION).await {
             Ok(Some(replayed)) => {
                 self.replayed.store(replayed.0, Ordering::Release);
-                self.healthy.store(true, Ordering::Release);
+                if self.set(Status::Replaying) == Status::Unavailable as u8 {
+                    tracing::info!("replica back: reads return to it");
+                }
                 Some(replayed)
             }
             Ok(None) => {
-                if self.healthy.swap(false, Ordering::AcqRel) {
+                if self.set(Status::Unavailable) != Status::Unavailable as u8 {
                     tracing::error!(
-                        "DATABASE_READ_URL is not replaying WAL: reads go to the primary"
+                        "DATABASE_READ_URL is not replaying WAL (promoted, or not a replica): \
+                         reads go to the primary"
                     );
                 }
                 None
             }
             Err(error) => {
-                if self.healthy.swap(false, Ordering::AcqRel) {
+                if self.set(Status::Unavailable) != Status::Unavailable as u8 {
                     tracing::warn!(%error, "replica unavailable: reads go to the primary");
                 }
                 None
@@ -187,6 +205,11 @@ impl Replica {
         self.lag_micros
             .store(lag.as_micros() as u64, Ordering::Relaxed);
         observability::db::record_replica_lag(lag);
+    }
+
+    /// Sets the status; the one before.
+    fn set(&self, status: Status) -> u8 {
+        self.status.swap(status as u8, Ordering::AcqRel)
     }
 
     /// Checks the lag every [`Self::check_interval`] until the replica is dropped.

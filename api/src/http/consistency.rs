@@ -7,10 +7,14 @@
 
 use std::sync::LazyLock;
 
+use poem::http::HeaderName;
 use regex::Regex;
 
 use super::input::{Checked, TextRule, compile};
 use crate::db::{Freshness, Lsn};
+
+/// The header, in requests (reads) and responses (writes).
+pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
 
 /// A token sent back by a client; empty is the same as absent.
 pub type ConsistencyToken = Checked<ConsistencyTokenRule>;
@@ -22,7 +26,8 @@ const ON_PRIMARY: &str = "primary";
 
 impl TextRule for ConsistencyTokenRule {
     const FIELD: &'static str = "Consistency-Token";
-    const PATTERN: &'static str = r"^([0-9A-F]{1,8}/[0-9A-F]{1,8}|primary)?$";
+    // Surrounding whitespace allowed: HTTP strips it from a header value before we see it.
+    const PATTERN: &'static str = r"^\s*([0-9A-F]{1,8}/[0-9A-F]{1,8}|primary)?\s*$";
     const EXPECTED: &'static str = "a Consistency-Token as a write's answer gave it";
 
     fn regex() -> &'static Regex {
@@ -38,7 +43,7 @@ pub fn token(position: Option<Lsn>) -> String {
 
 /// How fresh a read with this token must be.
 pub fn freshness(token: Option<&ConsistencyToken>) -> Freshness {
-    match token.map(ConsistencyToken::as_str) {
+    match token.map(|token| token.as_str().trim()) {
         None | Some("") => Freshness::Any,
         Some(token) => token
             .parse::<Lsn>()
@@ -61,6 +66,7 @@ mod tests {
         let position = Lsn(0x16_B374_D848);
         assert_eq!(parsed(&token(Some(position))), Freshness::Since(position));
         assert_eq!(parsed(&token(None)), Freshness::Latest);
+        assert_eq!(parsed(" 1/2 "), Freshness::Since(Lsn(0x1_0000_0002)));
     }
 
     #[test]
@@ -70,8 +76,8 @@ mod tests {
             "0/0/0",
             "123456789/0",
             "latest",
-            " 1/2",
-            "1/2 ",
+            "1/2 3/4",
+            "1 /2",
         ] {
             assert!(ConsistencyToken::parse(bad.to_owned()).is_err(), "{bad}");
         }

@@ -1,5 +1,5 @@
-//! Checks of what requests bring: the body limit and conditional headers of every request,
-//! and the text rules that typed inputs are checked against.
+//! Checks of what requests bring: the body limit, conditional headers and consistency tokens
+//! of every request, and the text rules that typed inputs are checked against.
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -18,6 +18,7 @@ use poem_openapi::types::{
 use serde_json::Value;
 
 use super::BODY_LIMIT;
+use super::consistency::CONSISTENCY_TOKEN;
 use super::error::{ApiError, ErrorCode};
 
 /// Refuses bodies over [`BODY_LIMIT`] with 413, whether or not they declare a `Content-Length`
@@ -32,8 +33,9 @@ pub fn check_input<E: Endpoint + 'static>(
     endpoint.around(move |endpoint, mut request: Request| async move {
         let deadline = Instant::now() + request_timeout;
         // poem-openapi reads a header that is not visible ASCII as absent; a conditional
-        // header the client did send must not silently stop applying.
-        for name in [header::IF_MATCH, header::IF_NONE_MATCH] {
+        // header or a consistency token the client did send must not silently stop applying.
+        let checked = [header::IF_MATCH, header::IF_NONE_MATCH, CONSISTENCY_TOKEN];
+        for name in checked {
             if request
                 .headers()
                 .get(&name)

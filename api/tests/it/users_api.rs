@@ -746,4 +746,15 @@ async fn writes_answer_with_a_consistency_token(backend: Backend) {
             "{problem}"
         );
     }
+    // Not text at all: refused too, not read as absent.
+    let binary = app
+        .client
+        .get("/api/v1/users")
+        .header(
+            "consistency-token",
+            poem::http::HeaderValue::from_bytes(b"1/\xc2\x84").unwrap(),
+        )
+        .send()
+        .await;
+    assert_problem(binary, 400, "invalid_request").await;
 }
