@@ -12,6 +12,10 @@
 #   pg-replica.sh stop DIR primary|replica
 #   pg-replica.sh start DIR primary|replica
 #       Stops (fast shutdown) or starts again one of the servers DIR holds: fault tests.
+#   pg-replica.sh freeze DIR primary|replica
+#   pg-replica.sh thaw DIR primary|replica
+#       Suspends (SIGSTOP) or resumes a server and its processes: connections stay open and
+#       nothing answers, as when a host hangs or the network drops packets.
 #   pg-replica.sh down DIR
 #       Stops what DIR holds, drops the replication slot on the primary, removes DIR. Safe to
 #       run twice, and on what a killed run left half made.
@@ -24,7 +28,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,20p' "$0" >&2
   exit 2
 }
 
@@ -61,6 +65,10 @@ pair_options="-c max_connections=200 -c shared_buffers=32MB -c fsync=off -c full
 
 stop() { # DATA
   if [ -f "$1/postmaster.pid" ]; then
+    # A frozen server would never see the stop.
+    postmaster=$(head -n 1 "$1/postmaster.pid")
+    # shellcheck disable=SC2046
+    kill -s CONT "$postmaster" $(pgrep -P "$postmaster") 2>/dev/null || true
     as_postgres "$bin/pg_ctl" -D "$1" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
   fi
 }
@@ -121,6 +129,16 @@ case "$cmd" in
     trap '[ "${made:-}" = yes ] || "$0" down "$dir"' EXIT
     replicate "$dir" "$primary_port" "$replica_port" "$slot"
     made=yes
+    ;;
+  freeze | thaw)
+    [ $# -eq 3 ] || usage
+    dir=$2 server=$3
+    case "$server" in primary | replica) ;; *) usage ;; esac
+    postmaster=$(head -n 1 "$dir/$server/postmaster.pid")
+    signal=STOP
+    [ "$cmd" = thaw ] && signal=CONT
+    # shellcheck disable=SC2046
+    kill -s "$signal" "$postmaster" $(pgrep -P "$postmaster")
     ;;
   stop | start)
     [ $# -eq 3 ] || usage

@@ -46,12 +46,17 @@ pub enum PgError {
     Driver(#[from] tokio_postgres::Error),
     #[error("no database connection within the acquire timeout")]
     AcquireTimeout,
+    /// The statement was sent and nothing came back in time (the server stopped with the
+    /// connection open, or the network drops packets).
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
 }
 
 impl PgError {
     pub fn kind(&self) -> ErrorKind {
         let error = match self {
             PgError::AcquireTimeout => return ErrorKind::PoolTimeout,
+            PgError::NoAnswer(_) => return ErrorKind::Timeout,
             PgError::Driver(error) => error,
         };
         if error.is_closed() {
@@ -79,7 +84,7 @@ impl PgError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             PgError::Driver(error) => error.code().map(|code| code.code()),
-            PgError::AcquireTimeout => None,
+            PgError::AcquireTimeout | PgError::NoAnswer(_) => None,
         }
     }
 }

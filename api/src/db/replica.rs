@@ -85,6 +85,9 @@ enum Status {
 pub struct Replica {
     pub pipelines: Pipelines,
     max_lag: Duration,
+    /// How long a statement on the replica may go unanswered before the replica counts as
+    /// hung (see [`Replica::new`]).
+    answer_within: Duration,
     /// What the last check found, as a [`Status`].
     status: AtomicU8,
     /// The replayed position at the last check.
@@ -98,11 +101,20 @@ pub struct Replica {
 
 impl Replica {
     /// The replica's connections open on first use: a replica down at start-up only sends
-    /// reads to the primary.
+    /// reads to the primary. A statement it has not answered a second past the statement
+    /// timeout (which the server enforces), or within the acquire timeout without one, means
+    /// a replica that cannot answer (stopped with its connections open, a network dropping
+    /// packets): the read goes to the primary and the replica's connections are dropped.
     pub fn new(config: &ReplicaConfig, pool: &PoolConfig) -> Result<Self, PgError> {
+        let answer_within = pool
+            .statement_timeout
+            .map_or(pool.acquire_timeout, |timeout| {
+                timeout + Duration::from_secs(1)
+            });
         Ok(Self {
             pipelines: Pipelines::new(&config.url, pool)?,
             max_lag: config.max_lag,
+            answer_within,
             status: AtomicU8::new(Status::Unchecked as u8),
             replayed: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
@@ -146,6 +158,25 @@ impl Replica {
             .store(Status::Unavailable as u8, Ordering::Release);
     }
 
+    /// The replica did not answer in time: as [`Self::failed`], and its connections are
+    /// dropped, so the next check opens new ones instead of queueing behind the silent ones.
+    fn hung(&self) {
+        self.failed();
+        self.pipelines.close();
+    }
+
+    /// `statement` on the replica, bounded by `answer_within`; `None` when it did not answer in
+    /// time (the replica is then [`Self::hung`]).
+    async fn answered<T>(&self, statement: impl Future<Output = T>) -> Option<T> {
+        let answer = tokio::time::timeout(self.answer_within, statement)
+            .await
+            .ok();
+        if answer.is_none() {
+            self.hung();
+        }
+        answer
+    }
+
     pub fn lag(&self) -> Duration {
         Duration::from_micros(self.lag_micros.load(Ordering::Relaxed))
     }
@@ -158,13 +189,22 @@ impl Replica {
     /// unavailable; its lag keeps being measured against the last position it was seen at.
     /// Each change of status is logged once.
     async fn check(&self, primary: &Pipelines) {
-        let Ok(primary_position) = position(primary, PRIMARY_POSITION).await else {
+        let primary_position = tokio::time::timeout(
+            self.answer_within,
+            Box::pin(position(primary, PRIMARY_POSITION)),
+        )
+        .await;
+        let Ok(Ok(primary_position)) = primary_position else {
             // The primary is unreachable: nothing to measure against. The replica keeps its
             // last measure (it cannot fall further behind a primary that writes nothing).
             return;
         };
         let now = Instant::now();
-        let replayed = match position(&self.pipelines, REPLAYED_POSITION).await {
+        let replayed = self
+            .answered(Box::pin(position(&self.pipelines, REPLAYED_POSITION)))
+            .await
+            .unwrap_or(Err(PgError::NoAnswer(self.answer_within)));
+        let replayed = match replayed {
             Ok(Some(replayed)) => {
                 self.replayed.store(replayed.0, Ordering::Release);
                 if self.set(Status::Replaying) == Status::Unavailable as u8 {
@@ -254,12 +294,16 @@ where
         Freshness::Latest => return run(primary, Some(Pool::Primary)).await,
     };
     match replica.admits(since) {
-        Ok(()) => match run(&replica.pipelines, Some(Pool::Replica)).await {
-            Ok(answer) => return Ok(answer),
-            Err(_) => {
+        Ok(()) => match replica
+            .answered(run(&replica.pipelines, Some(Pool::Replica)))
+            .await
+        {
+            Some(Ok(answer)) => return Ok(answer),
+            Some(Err(_)) => {
                 replica.failed();
                 record_fallback(Fallback::Error);
             }
+            None => record_fallback(Fallback::Error),
         },
         Err(reason) => record_fallback(reason),
     }

@@ -316,3 +316,69 @@ async fn a_replica_stopped_under_read_load_fails_no_read_and_is_used_again_once_
     assert!(returned, "reads returned to the replica");
     service.stop().await;
 }
+
+/// A replica that hangs with its connections open (suspended, as a frozen host or a network
+/// dropping packets looks): a read on it waits at most a second past the statement timeout,
+/// then the primary answers it, and the next reads go to the primary at once; once the replica
+/// answers again, reads return to it (on new connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_costs_time_not_reads() {
+    let pair = ReplicaPair::start();
+    let replica = pair.replica_url();
+    let service = Binary::start(
+        &pair.primary_url(),
+        &[
+            ("DATABASE_READ_URL", replica.as_str()),
+            ("DB_READ_MAX_LAG_MS", "1000"),
+            ("DB_STATEMENT_TIMEOUT_MS", "500"),
+            ("HTTP_REQUEST_TIMEOUT_SECS", "10"),
+        ],
+        None,
+    )
+    .await;
+    let created = service.create("frozen@example.com", "Frozen").await;
+    let header = |name: &str| {
+        created
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in {created}"))
+            .to_owned()
+    };
+    pair.replayed(&header("consistency-token:")).await;
+    let id = header("location:")
+        .trim_start_matches("/api/v1/users/")
+        .to_owned();
+    let get = format!("GET /api/v1/users/{id} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let on_replica = r#"database_query_duration_seconds_count{operation="user.find_by_id",outcome="ok",pool="replica"}"#;
+    let read = || async { exchange(service.public, &get).await.unwrap() };
+    assert!(read().await.starts_with("HTTP/1.1 200"));
+    let before = service.counter(on_replica).await;
+    assert!(before >= 1.0, "read on the replica");
+
+    pair.freeze(Server::Replica);
+    for _ in 0..5 {
+        let answered = read().await;
+        assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    }
+    assert!(
+        service
+            .counter(r#"database_replica_fallbacks_total{reason="error"}"#)
+            .await
+            >= 1.0,
+        "the unanswered read went to the primary"
+    );
+
+    pair.thaw(Server::Replica);
+    let mut returned = false;
+    for _ in 0..400 {
+        assert!(read().await.starts_with("HTTP/1.1 200"));
+        if service.counter(on_replica).await > before {
+            returned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(returned, "reads returned to the replica");
+    service.stop().await;
+}

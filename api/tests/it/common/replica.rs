@@ -91,6 +91,15 @@ impl ReplicaPair {
         self.script(&["start", server.as_str()]);
     }
 
+    /// Suspends a server with its connections open: nothing it is sent gets an answer.
+    pub fn freeze(&self, server: Server) {
+        self.script(&["freeze", server.as_str()]);
+    }
+
+    pub fn thaw(&self, server: Server) {
+        self.script(&["thaw", server.as_str()]);
+    }
+
     /// Makes the replica hold every commit back this long before applying it (restarting it,
     /// so the setting holds from the next commit on).
     pub async fn delay_replay(&self, delay: Duration) {
