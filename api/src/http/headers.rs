@@ -4,6 +4,8 @@ use poem::http::{HeaderValue, Method, header};
 use poem::middleware::Cors;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 
+use super::consistency::CONSISTENCY_TOKEN;
+
 /// No MIME sniffing, no framing, no referrer; on the API, no shared caching of personal data
 /// (clients revalidate with the ETag); on Swagger UI, a content security policy that admits
 /// only its own inline code.
@@ -98,14 +100,14 @@ pub fn cors(origins: &[String]) -> Option<Cors> {
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
             .allow_headers([
                 "authorization",
-                "consistency-token",
+                CONSISTENCY_TOKEN.as_str(),
                 "content-type",
                 "if-match",
                 "if-none-match",
                 "x-request-id",
             ])
             .expose_headers([
-                "consistency-token",
+                CONSISTENCY_TOKEN.as_str(),
                 "etag",
                 "location",
                 "retry-after",

@@ -181,12 +181,17 @@ async fn cors_admits_only_configured_origins() {
         .header("access-control-request-method", "POST")
         .header(
             "access-control-request-headers",
-            "content-type,authorization",
+            "content-type,authorization,consistency-token",
         )
         .send()
         .await;
     preflight.assert_status_is_ok();
     preflight.assert_header("access-control-allow-origin", "https://app.example.com");
+    let allowed = preflight.0.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed.contains("consistency-token"), "{allowed}");
     let simple = app
         .client
         .get("/api/v1/users")
@@ -199,7 +204,9 @@ async fn cors_admits_only_configured_origins() {
         .unwrap()
         .to_lowercase();
     assert!(
-        exposed.contains("etag") && exposed.contains("location"),
+        exposed.contains("etag")
+            && exposed.contains("location")
+            && exposed.contains("consistency-token"),
         "{exposed}"
     );
     let foreign = app
