@@ -37,7 +37,7 @@ pub enum Fallback {
     Lag,
     /// It has not replayed the write whose `Consistency-Token` the read carries.
     Token,
-    /// The read failed on the replica and was answered by the primary.
+    /// The read failed on the replica, or got no answer in time, and the primary answered it.
     Error,
 }
 

@@ -102,6 +102,38 @@ fn listed(page: &Value, user: &Value) -> bool {
         .any(|item| item["id"] == user["id"])
 }
 
+/// Reads by id that the replica answered, in the binary's `/metrics`.
+const ON_REPLICA: &str = r#"database_query_duration_seconds_count{operation="user.find_by_id",outcome="ok",pool="replica"}"#;
+
+/// The real binary on the pair's primary, reading from its replica (lag limit 1 s), with
+/// `settings` besides.
+async fn binary_reading_from(pair: &ReplicaPair, settings: &[(&str, &str)]) -> Binary {
+    let replica = pair.replica_url();
+    let mut env = vec![
+        ("DATABASE_READ_URL", replica.as_str()),
+        ("DB_READ_MAX_LAG_MS", "1000"),
+    ];
+    env.extend_from_slice(settings);
+    Binary::start(&pair.primary_url(), &env, None).await
+}
+
+/// Creates a user through `service` and waits until the replica has it: the request that reads
+/// it by id.
+async fn replicated_user(service: &Binary, pair: &ReplicaPair, email: &str) -> String {
+    let created = service.create(email, "Replicated").await;
+    let header = |name: &str| {
+        created
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in {created}"))
+            .to_owned()
+    };
+    pair.replayed(&header("consistency-token:")).await;
+    let location = header("location:");
+    format!("GET {location} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+}
+
 /// With the primary stopped, what was replicated is still read: reads (by id, by email,
 /// lists) are answered by the replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,32 +250,8 @@ async fn a_replica_past_the_lag_limit_sends_reads_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_under_read_load_fails_no_read_and_is_used_again_once_back() {
     let pair = ReplicaPair::start();
-    let replica = pair.replica_url();
-    let service = Binary::start(
-        &pair.primary_url(),
-        &[
-            ("DATABASE_READ_URL", replica.as_str()),
-            ("DB_READ_MAX_LAG_MS", "1000"),
-        ],
-        None,
-    )
-    .await;
-    let created = service.create("loaded@example.com", "Loaded").await;
-    let header = |name: &str| {
-        created
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("{name} in {created}"))
-            .to_owned()
-    };
-    let token = header("consistency-token:");
-    let id = header("location:")
-        .trim_start_matches("/api/v1/users/")
-        .to_owned();
-    pair.replayed(&token).await;
-    let get = format!("GET /api/v1/users/{id} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let on_replica = r#"database_query_duration_seconds_count{operation="user.find_by_id",outcome="ok",pool="replica"}"#;
+    let service = binary_reading_from(&pair, &[]).await;
+    let get = replicated_user(&service, &pair, "loaded@example.com").await;
     let fallbacks =
         |reason: &str| format!(r#"database_replica_fallbacks_total{{reason="{reason}"}}"#);
     // An idle primary, longer than the lag limit: the replica has everything, so it is not
@@ -251,7 +259,7 @@ async fn a_replica_stopped_under_read_load_fails_no_read_and_is_used_again_once_
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let answered = exchange(service.public, &get).await.unwrap();
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
-    assert_eq!(service.counter(on_replica).await, 1.0);
+    assert_eq!(service.counter(ON_REPLICA).await, 1.0);
     assert_eq!(service.counter(&fallbacks("lag")).await, 0.0);
     assert_eq!(service.counter("database_replica_lag_seconds").await, 0.0);
 
@@ -294,11 +302,11 @@ async fn a_replica_stopped_under_read_load_fails_no_read_and_is_used_again_once_
     assert!(fallen_back > 0.0, "reads went to the primary");
 
     pair.restart(Server::Replica);
-    let before = service.counter(on_replica).await;
+    let before = service.counter(ON_REPLICA).await;
     let mut returned = false;
     for _ in 0..400 {
         read_past(10).await;
-        if service.counter(on_replica).await > before {
+        if service.counter(ON_REPLICA).await > before {
             returned = true;
             break;
         }
@@ -324,36 +332,15 @@ async fn a_replica_stopped_under_read_load_fails_no_read_and_is_used_again_once_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_replica_costs_time_not_reads() {
     let pair = ReplicaPair::start();
-    let replica = pair.replica_url();
-    let service = Binary::start(
-        &pair.primary_url(),
-        &[
-            ("DATABASE_READ_URL", replica.as_str()),
-            ("DB_READ_MAX_LAG_MS", "1000"),
-            ("DB_STATEMENT_TIMEOUT_MS", "500"),
-            ("HTTP_REQUEST_TIMEOUT_SECS", "10"),
-        ],
-        None,
-    )
-    .await;
-    let created = service.create("frozen@example.com", "Frozen").await;
-    let header = |name: &str| {
-        created
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("{name} in {created}"))
-            .to_owned()
-    };
-    pair.replayed(&header("consistency-token:")).await;
-    let id = header("location:")
-        .trim_start_matches("/api/v1/users/")
-        .to_owned();
-    let get = format!("GET /api/v1/users/{id} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let on_replica = r#"database_query_duration_seconds_count{operation="user.find_by_id",outcome="ok",pool="replica"}"#;
+    let settings = [
+        ("DB_STATEMENT_TIMEOUT_MS", "500"),
+        ("HTTP_REQUEST_TIMEOUT_SECS", "10"),
+    ];
+    let service = binary_reading_from(&pair, &settings).await;
+    let get = replicated_user(&service, &pair, "frozen@example.com").await;
     let read = || async { exchange(service.public, &get).await.unwrap() };
     assert!(read().await.starts_with("HTTP/1.1 200"));
-    let before = service.counter(on_replica).await;
+    let before = service.counter(ON_REPLICA).await;
     assert!(before >= 1.0, "read on the replica");
 
     pair.freeze(Server::Replica);
@@ -373,7 +360,7 @@ async fn a_hung_replica_costs_time_not_reads() {
     let mut returned = false;
     for _ in 0..400 {
         assert!(read().await.starts_with("HTTP/1.1 200"));
-        if service.counter(on_replica).await > before {
+        if service.counter(ON_REPLICA).await > before {
             returned = true;
             break;
         }
