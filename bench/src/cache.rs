@@ -86,5 +86,5 @@ pub fn hit_ratio(before: &str, after: &str) -> Option<f64> {
 }
 
 fn increase(before: &str, after: &str, selected: impl Fn(&str) -> bool) -> f64 {
-    crate::scrape::increase(before, after, "cache_requests_total", selected)
+    crate::scrape::increase(before, after, observability::cache::REQUESTS, selected)
 }

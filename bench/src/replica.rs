@@ -48,36 +48,32 @@ pub fn url_of(url: &str) -> String {
 /// Where a scenario's reads went, from two scrapes of `/metrics`: the share the replica
 /// answered, and the reads sent to the primary instead, by reason.
 pub fn summary(before: &str, after: &str) -> String {
-    const READS: [&str; 4] = [
-        "user.find_by_id",
-        "user.find_by_email",
-        "user.list",
-        "user.list_updated_since",
+    use api::db::Operation;
+    use observability::db::{Fallback, Pool, QUERY_DURATION, REPLICA_FALLBACKS};
+    let reads = [
+        Operation::FindUserById,
+        Operation::FindUserByEmail,
+        Operation::ListUsers,
+        Operation::ListUsersUpdatedSince,
     ];
-    let reads_on = |pool: &str| {
-        crate::scrape::increase(
-            before,
-            after,
-            "database_query_duration_seconds_count",
-            |line| {
-                line.contains(&format!("pool=\"{pool}\""))
-                    && READS
-                        .iter()
-                        .any(|read| line.contains(&format!("operation=\"{read}\"")))
-            },
-        )
+    let count = format!("{QUERY_DURATION}_count");
+    let reads_on = |pool: Pool| {
+        crate::scrape::increase(before, after, &count, |line| {
+            line.contains(&format!("pool=\"{}\"", pool.as_str()))
+                && reads
+                    .iter()
+                    .any(|read| line.contains(&format!("operation=\"{}\"", read.as_str())))
+        })
     };
-    let (replica, primary) = (reads_on("replica"), reads_on("primary"));
+    let (replica, primary) = (reads_on(Pool::Replica), reads_on(Pool::Primary));
     let share = 100.0 * replica / (replica + primary).max(1.0);
-    let fallbacks: Vec<String> = ["unavailable", "lag", "token", "error"]
+    let fallbacks: Vec<String> = Fallback::ALL
         .iter()
-        .map(|reason| {
-            let count = crate::scrape::increase(
-                before,
-                after,
-                "database_replica_fallbacks_total",
-                |line| line.contains(&format!("reason=\"{reason}\"")),
-            );
+        .map(|fallback| {
+            let reason = fallback.as_str();
+            let count = crate::scrape::increase(before, after, REPLICA_FALLBACKS, |line| {
+                line.contains(&format!("reason=\"{reason}\""))
+            });
             format!("{reason} {count:.0}")
         })
         .collect();
