@@ -80,6 +80,19 @@ pub struct PoolConfig {
     pub slow_query: Duration,
 }
 
+impl PoolConfig {
+    /// How long a statement sent to PostgreSQL may go unanswered before the connection is
+    /// given up (enforced client-side: a server that stopped answering enforces no
+    /// `statement_timeout`): a second past the statement timeout, or the acquire timeout
+    /// without one.
+    pub fn answer_within(&self) -> Duration {
+        self.statement_timeout
+            .map_or(self.acquire_timeout, |timeout| {
+                timeout + Duration::from_secs(1)
+            })
+    }
+}
+
 /// What one client connection may hold of the public listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {

@@ -40,7 +40,8 @@ fn gauge(metrics: &str, name: &str) -> f64 {
 }
 
 /// On PostgreSQL a connection is active while it carries statements: held here by a table lock
-/// that blocks reads on the read connection and creates on the write connection.
+/// that blocks a list on a scan connection and creates on a write connection (the warm point
+/// read connection stays idle).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_sees_the_pool_as_it_is_now() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -68,14 +69,18 @@ async fn a_scrape_sees_the_pool_as_it_is_now() {
     assert_eq!(gauge(&before, "database_pool_connections_idle"), 2.0);
 
     let mut locker = lock_users(db.url()).await;
-    let reads = (0..2).map(|_| tokio::spawn(get(public, "/api/v1/users")));
+    let reads = (0..1).map(|_| tokio::spawn(get(public, "/api/v1/users")));
     let writes = (0..2).map(|i| tokio::spawn(create(public, format!("blocked{i}@example.com"))));
     let blocked: Vec<_> = reads.chain(writes).collect();
-    eventually("both connections carry a blocked statement", 10, || async {
-        let during = scrape(admin).await;
-        gauge(&during, "database_pool_connections_active") == 2.0
-            && gauge(&during, "database_pool_connections_idle") == 0.0
-    })
+    eventually(
+        "a scan and a write connection carry a blocked statement",
+        10,
+        || async {
+            let during = scrape(admin).await;
+            gauge(&during, "database_pool_connections_active") >= 2.0
+                && gauge(&during, "database_pool_connections_idle") <= 1.0
+        },
+    )
     .await;
     locker.execute("ROLLBACK").await.unwrap();
     for request in blocked {

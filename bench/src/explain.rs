@@ -23,6 +23,7 @@ pub async fn compare(indexed_url: &str, noidx_url: &str, users: u64) -> Result<V
     let deep_cursor = Cursor {
         at: data::created_at(deep),
         id: data::id(deep),
+        name: String::new(),
     };
     let recent = ListQuery {
         limit: statements::PAGE,

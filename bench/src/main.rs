@@ -8,6 +8,7 @@ mod explain;
 mod instructions;
 mod load;
 mod middleware;
+mod neighbour;
 mod pgbouncer;
 mod postgres;
 mod replica;
@@ -74,6 +75,35 @@ enum Command {
     Explain {
         #[command(flatten)]
         common: Common,
+    },
+    /// One client searching names beside many reading by id, name searches alone, and waits
+    /// behind a table lock (`neighbour/RESULTS.md`).
+    Neighbour {
+        #[arg(long, env = "BENCH_DATABASE_URL", default_value = DEFAULT_URL)]
+        database_url: String,
+        #[arg(long, default_value = "userbench_neighbour")]
+        database: String,
+        /// Older users, all named "Perf Person N".
+        #[arg(long, default_value_t = 100_000)]
+        old: u64,
+        /// Newer users, with other names.
+        #[arg(long, default_value_t = 100_000)]
+        new: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        #[arg(long, default_value = "target/release/api")]
+        binary: PathBuf,
+        /// Another build measured the same way, `NAME=PATH` (repeatable).
+        #[arg(long = "build", value_parser = parse_build)]
+        builds: Vec<(String, PathBuf)>,
+        #[arg(long)]
+        skip_seed: bool,
+        #[arg(long, default_value = "bench/neighbour")]
+        out: PathBuf,
     },
     /// A few seconds on a small database: proves the tool works, measures nothing (CI).
     Smoke {
@@ -160,6 +190,35 @@ async fn main() -> Result<()> {
             binary,
             database_url,
         } => smoke(binary, database_url).await,
+        Command::Neighbour {
+            database_url,
+            database,
+            old,
+            new,
+            seconds,
+            rounds,
+            connections,
+            binary,
+            builds,
+            skip_seed,
+            out,
+        } => {
+            let mut binaries = vec![("this build".to_owned(), binary)];
+            binaries.extend(builds);
+            neighbour::run(&neighbour::Settings {
+                admin_url: database_url,
+                database,
+                old,
+                new,
+                seconds,
+                rounds,
+                connections,
+                binaries,
+                skip_seed,
+                out,
+            })
+            .await
+        }
         Command::Explain { common } => {
             let indexed = seed::with_database(&common.database_url, &common.database);
             let noidx =
@@ -877,6 +936,7 @@ impl Bench<'_> {
         let cursor = Cursor {
             at: data::created_at(deep),
             id: data::id(deep),
+            name: String::new(),
         }
         .encode();
         let prefixes: Vec<String> = data::PREFIXES.iter().map(|p| format!("\"{p}\"")).collect();

@@ -105,6 +105,7 @@ pub mod pgbench {
         let after = Cursor {
             at: data::created_at(depth_n),
             id: data::id(depth_n),
+            name: String::new(),
         };
         format!("{};\n", bind(&list(Some(after), None), &[]))
     }

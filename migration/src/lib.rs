@@ -9,6 +9,8 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/users.db?mode=rwc";
 
 mod m20260101_000001_create_users;
 mod m20260101_000002_optimize_indexes;
+mod m20261129_000003_name_order_index;
+mod online_index;
 
 pub struct Migrator;
 
@@ -18,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20260101_000001_create_users::Migration),
             Box::new(m20260101_000002_optimize_indexes::Migration),
+            Box::new(m20261129_000003_name_order_index::Migration),
         ]
     }
 }

@@ -18,6 +18,8 @@ pub enum Operation {
     ListUsers,
     #[strum(serialize = "user.list_updated_since")]
     ListUsersUpdatedSince,
+    #[strum(serialize = "user.search_by_name")]
+    SearchUsersByName,
     #[strum(serialize = "user.update")]
     UpdateUser,
     #[strum(serialize = "user.delete")]
@@ -42,6 +44,7 @@ impl Operation {
             | Operation::FindUserByEmail
             | Operation::ListUsers
             | Operation::ListUsersUpdatedSince
+            | Operation::SearchUsersByName
             | Operation::UserVersion
             | Operation::WalPosition => "SELECT",
             Operation::UpdateUser => "UPDATE",
@@ -49,19 +52,21 @@ impl Operation {
         }
     }
 
-    /// Which connections run it: writes, and the read that explains a write's outcome, on the
-    /// write lane; plain reads on the read lane (`db/postgres.rs`).
+    /// Which connections run it (`db/postgres.rs`): writes, and the read that explains a
+    /// write's outcome, on the write lane; reads of one row by key on the point lane; lists
+    /// and searches on the scan lane.
     pub fn lane(self) -> Lane {
         match self {
             Operation::CreateUser
             | Operation::UpdateUser
             | Operation::DeleteUser
             | Operation::UserVersion => Lane::Write,
-            Operation::FindUserById
-            | Operation::FindUserByEmail
-            | Operation::ListUsers
+            Operation::FindUserById | Operation::FindUserByEmail | Operation::WalPosition => {
+                Lane::Point
+            }
+            Operation::ListUsers
             | Operation::ListUsersUpdatedSince
-            | Operation::WalPosition => Lane::Read,
+            | Operation::SearchUsersByName => Lane::Scan,
         }
     }
 

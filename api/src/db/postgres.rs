@@ -5,28 +5,40 @@
 //! each side; on the 2-core reference machine that capped the service at a third of what
 //! PostgreSQL serves (docs/architecture.md, bench/RESULTS.md).
 //!
-//! Reads and writes take different connections: a pipeline runs its statements in order, and a
-//! write waits for its commit's WAL flush, so a read queued behind it would wait too. The first
-//! `DB_READ_CONNECTIONS` connections carry reads, the rest writes; either spills into the other's
-//! when its own pipelines are full. One read connection served most on the reference machine
-//! (bench/RESULTS.md): one backend woken once for many statements.
+//! A pipeline runs its statements in order, so whatever is queued behind a slow statement waits
+//! as long as it does. Three rules keep one slow statement from delaying anyone who does not
+//! need the same thing:
+//! - **Lanes.** Point reads (one row by key), scans (lists and name searches) and writes each
+//!   have connections of their own ([`Lane`]): a search never runs ahead of a GET by id, and a
+//!   write waiting for a row lock or its commit's WAL flush never holds up a read.
+//! - **No statement behind a stalled one.** A pipeline that has answered nothing for
+//!   [`STALL_AFTER`] while carrying statements (a lock, a slow plan, a server that stopped
+//!   answering) takes no new ones: they go to another connection of the lane, one is opened
+//!   (up to the lane's share of `DB_MAX_CONNECTIONS`), or they wait here, client-side, where
+//!   the acquire timeout can still fail them.
+//! - **Bounded waits.** A statement waits at most `DB_ACQUIRE_TIMEOUT_SECS` to be sent and
+//!   [`PoolConfig::answer_within`] for its answer (enforced here, not only by the server's
+//!   `statement_timeout`: a server that stopped answering enforces nothing). A connection that
+//!   misses that bound is cancelled and closed, failing what it still carries at once, and the
+//!   next statements open a new one.
 //!
-//! The `DB_*` settings keep their meaning, applied to these connections:
-//! `DB_MAX_CONNECTIONS` connections at most, `DB_MIN_CONNECTIONS` opened at start, a statement
-//! waits at most `DB_ACQUIRE_TIMEOUT_SECS` for a connection (opening one, or a free place in
-//! its pipeline), `DB_TEST_BEFORE_ACQUIRE` pings a connection idle for `DB_TEST_IDLE_SECS`,
-//! and connections past `DB_MAX_LIFETIME_SECS`, or idle past `DB_IDLE_TIMEOUT_SECS` beyond the
+//! The other `DB_*` settings keep their meaning: `DB_MIN_CONNECTIONS` connections are kept open
+//! (`DB_READ_CONNECTIONS` of them for point reads, one for scans, the rest for writes),
+//! `DB_TEST_BEFORE_ACQUIRE` pings a connection idle for `DB_TEST_IDLE_SECS`, and connections past
+//! `DB_MAX_LIFETIME_SECS` (less up to a tenth, spread by slot, so warm connections opened
+//! together are not all replaced together), or idle past `DB_IDLE_TIMEOUT_SECS` beyond the
 //! minimum, are closed by the housekeeping.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use observability::db::PoolState;
 use sea_orm::sea_query::Value;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
@@ -38,6 +50,11 @@ use crate::config::{HealthCheck, PoolConfig};
 /// for 256 client connections' reads on the one read connection: at 64, reads past it spilled
 /// onto the write connections and 256 clients got 0.74x of what 64 did (bench/history).
 pub const PIPELINE_DEPTH: usize = 256;
+
+/// A pipeline that has answered nothing for this long while it carries statements is stalled.
+/// A loaded pipeline answers every few microseconds, so only a blocked or slow head statement
+/// goes this long without an answer; what arrives meanwhile goes elsewhere.
+pub const STALL_AFTER: Duration = Duration::from_millis(10);
 
 /// A failed call: the driver's error, or no connection within the acquire timeout.
 #[derive(Debug, thiserror::Error)]
@@ -89,25 +106,107 @@ impl PgError {
     }
 }
 
+/// What a statement does, for the choice of connection: each lane has connections of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// One row by key (get, lookup, a version, a WAL position): sub-millisecond, and never
+    /// waiting for a lock.
+    Point = 0,
+    /// Many rows (lists, name searches): slower, so never ahead of a point read.
+    Scan = 1,
+    /// Writes: they may wait for a row lock and each waits for its commit's WAL flush.
+    Write = 2,
+}
+
+const LANES: [Lane; 3] = [Lane::Point, Lane::Scan, Lane::Write];
+
+/// How `DB_MAX_CONNECTIONS` and `DB_MIN_CONNECTIONS` divide among the lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lanes {
+    /// The lane whose connections a lane uses: its own, but with one connection every lane
+    /// shares it, and with two, scans share the point reads'.
+    uses: [Lane; 3],
+    /// Connections a lane may hold at most: scans a quarter of the ceiling (a flood of
+    /// searches waits for searches, not for every connection), writes all but what keeps one
+    /// for each read lane, point reads whatever is free.
+    most: [usize; 3],
+    /// Connections kept open: `DB_READ_CONNECTIONS` for point reads, one for scans, the rest
+    /// of `DB_MIN_CONNECTIONS` for writes.
+    warm: [usize; 3],
+}
+
+impl Lanes {
+    fn new(pool: &PoolConfig) -> Self {
+        let max = pool.max_connections.max(1) as usize;
+        let min = (pool.min_connections as usize).min(max);
+        let (uses, most) = match max {
+            1 => ([Lane::Point; 3], [1, 0, 0]),
+            2 => ([Lane::Point, Lane::Point, Lane::Write], [1, 0, 1]),
+            _ => (LANES, [max, (max / 4).max(1), max - 2]),
+        };
+        let mut warm = [0; 3];
+        let mut left = min;
+        for (lane, wanted) in [
+            (Lane::Point, pool.read_connections as usize),
+            (Lane::Scan, 1),
+            (Lane::Write, usize::MAX),
+        ] {
+            let lane = lane as usize;
+            if uses[lane] as usize == lane {
+                warm[lane] = wanted.min(left).min(most[lane]);
+                left -= warm[lane];
+            }
+        }
+        // Anything left (a minimum above what the lanes may hold) stays with point reads.
+        warm[Lane::Point as usize] += left;
+        Self { uses, most, warm }
+    }
+
+    fn uses(&self, lane: Lane) -> Lane {
+        self.uses[lane as usize]
+    }
+}
+
 /// One open connection and what it has prepared.
 struct Connection {
     client: Client,
+    lane: Lane,
     statements: RwLock<HashMap<String, Statement>>,
     pipeline: Arc<Semaphore>,
     opened: Instant,
+    /// How long it may live: `DB_MAX_LIFETIME_SECS`, less its slot's share of a tenth.
+    lifetime: Option<Duration>,
     /// Milliseconds since `opened` of the last statement sent, for idle checks.
     last_used_ms: AtomicU64,
+    /// Statements sent and not yet answered (or given up on).
+    outstanding: AtomicUsize,
+    /// Milliseconds since `opened` of the last answer, or of the statement sent to an empty
+    /// pipeline: how long the head statement has been waiting.
+    progress_ms: AtomicU64,
+    /// The task that reads and writes the socket: aborting it closes the connection at once,
+    /// even with statements in flight that will never be answered.
+    driver: AbortHandle,
 }
 
 impl Connection {
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
     fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
         self.opened.elapsed().saturating_sub(last)
     }
 
-    fn touch(&self) {
-        let now = self.opened.elapsed().as_millis() as u64;
+    /// A statement is sent: until the guard goes (answered, failed, or its caller gone), it
+    /// counts as outstanding.
+    fn send(&self) -> Sent<'_> {
+        let now = self.now_ms();
         self.last_used_ms.store(now, Ordering::Relaxed);
+        if self.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.progress_ms.store(now, Ordering::Relaxed);
+        }
+        Sent(self)
     }
 
     /// Statements sent and not yet answered.
@@ -117,6 +216,20 @@ impl Connection {
 
     fn busy(&self) -> bool {
         self.in_flight() > 0
+    }
+
+    /// Carrying statements and answering none: the head one waits for something.
+    fn stalled(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) > 0
+            && self
+                .now_ms()
+                .saturating_sub(self.progress_ms.load(Ordering::Relaxed))
+                >= STALL_AFTER.as_millis() as u64
+    }
+
+    fn expired(&self) -> bool {
+        self.lifetime
+            .is_some_and(|lifetime| self.opened.elapsed() >= lifetime)
     }
 
     /// The prepared statement for `sql`, prepared on first use.
@@ -133,12 +246,28 @@ impl Connection {
     }
 }
 
+/// A statement in flight on a connection. Its answer is progress; a caller that gave up (timed
+/// out, or its request dropped) is not, as what it sent still runs ahead of what follows.
+struct Sent<'a>(&'a Connection);
+
+impl Sent<'_> {
+    fn answered(self) {
+        self.0.progress_ms.store(self.0.now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Sent<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One place for a connection: empty until opened, emptied when it breaks or is recycled.
 #[derive(Default)]
 struct Slot {
     current: ArcSwapOption<Connection>,
-    /// Held while (re)opening, so one task opens and the others wait for it.
-    opening: Mutex<()>,
+    /// Taken while a connection opens in it, so two lanes never open into one slot.
+    reserved: AtomicBool,
 }
 
 impl Slot {
@@ -148,23 +277,43 @@ impl Slot {
             .load_full()
             .filter(|connection| !connection.client.is_closed())
     }
+
+    /// The slot, if it is empty and nobody is opening a connection in it.
+    fn reserve(&self) -> Option<Reserved<'_>> {
+        if self.connection().is_some() {
+            return None;
+        }
+        self.reserved
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(Reserved(self))
+    }
 }
 
-/// What a statement does, for the choice of connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
-    Read,
-    Write,
+/// An empty slot a connection is opening in, with its lane's opening lock.
+struct Reserved<'a>(&'a Slot);
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.0.reserved.store(false, Ordering::Release);
+    }
 }
 
 pub struct Pipelines {
     slots: Box<[Slot]>,
-    /// `slots[..reads]` carry reads, the rest writes (all of them when there is only one).
-    reads: usize,
-    /// Round-robin positions of the read and the write lane.
-    next: [AtomicUsize; 2],
+    lanes: Lanes,
+    /// Held while a lane opens a connection, so a burst that finds every pipeline stalled
+    /// opens one, not one each.
+    opening: [Mutex<()>; 3],
+    /// Round-robin position among equally loaded connections.
+    next: AtomicUsize,
+    /// Woken when a statement is answered or a connection opens or goes, for statements
+    /// waiting for a place; `waiting` counts them, so nothing is woken when none wait.
+    changed: Notify,
+    waiting: AtomicUsize,
     config: tokio_postgres::Config,
     pool: PoolConfig,
+    answer_within: Duration,
     callback: ArcSwapOption<Box<MetricCallback>>,
 }
 
@@ -181,23 +330,22 @@ pub struct StatementInfo<'a> {
 pub type MetricCallback = dyn Fn(&StatementInfo<'_>) + Send + Sync;
 
 /// A connection lent for one statement: a place in its pipeline.
-struct Lease {
+struct Lease<'a> {
+    slot: &'a Slot,
     connection: Arc<Connection>,
     _place: OwnedSemaphorePermit,
 }
 
 impl Pipelines {
-    /// Parses `url` and opens `DB_MIN_CONNECTIONS` connections.
+    /// Parses `url` and opens the warm connections (`DB_MIN_CONNECTIONS`).
     pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Self, PgError> {
         let pipelines = Self::new(url, pool)?;
-        for slot in pipelines.slots.iter().take(pool.min_connections as usize) {
-            pipelines.open(slot).await?;
-        }
+        pipelines.open_warm().await?;
         Ok(pipelines)
     }
 
-    /// Parses `url`; connections open on first use (and the housekeeping keeps
-    /// `DB_MIN_CONNECTIONS` of them open).
+    /// Parses `url`; connections open on first use (and the housekeeping keeps the warm ones
+    /// open).
     pub fn new(url: &str, pool: &PoolConfig) -> Result<Self, PgError> {
         let mut config: tokio_postgres::Config = url.parse()?;
         if let Some(timeout) = pool.statement_timeout {
@@ -205,13 +353,15 @@ impl Pipelines {
         }
         config.connect_timeout(pool.acquire_timeout);
         let slots = (0..pool.max_connections).map(|_| Slot::default()).collect();
-        // With a single connection both lanes share it; otherwise writes keep at least one.
-        let reads = (pool.read_connections as usize).min(pool.max_connections.max(2) as usize - 1);
         Ok(Self {
             slots,
-            reads,
-            next: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            lanes: Lanes::new(pool),
+            opening: Default::default(),
+            next: AtomicUsize::new(0),
+            changed: Notify::new(),
+            waiting: AtomicUsize::new(0),
             config,
+            answer_within: pool.answer_within(),
             pool: pool.clone(),
             callback: ArcSwapOption::empty(),
         })
@@ -274,15 +424,16 @@ impl Pipelines {
         .await
     }
 
-    /// A round trip on a read connection.
+    /// A round trip on a point-read connection.
     pub async fn ping(&self) -> Result<(), PgError> {
-        self.run(Lane::Read, "", &[], false, |connection| async move {
+        self.run(Lane::Point, "", &[], false, |connection| async move {
             connection.client.simple_query("").await.map(drop)
         })
         .await
     }
 
-    /// Runs `call`, the statement `sql` with `values`, on a leased connection.
+    /// Runs `call`, the statement `sql` with `values`, on a leased connection: at most the
+    /// acquire timeout to get a place, at most [`Self::answer_within`] for the answer.
     async fn run<T, F, Fut>(
         &self,
         lane: Lane,
@@ -295,12 +446,23 @@ impl Pipelines {
         F: FnOnce(Arc<Connection>) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let (slot, lease) = tokio::time::timeout(self.pool.acquire_timeout, self.lease(lane))
+        let lease = tokio::time::timeout(self.pool.acquire_timeout, self.lease(lane))
             .await
             .map_err(|_| PgError::AcquireTimeout)??;
-        lease.connection.touch();
+        let connection = Arc::clone(&lease.connection);
+        let sent = connection.send();
         let started = Instant::now();
-        let result = call(Arc::clone(&lease.connection)).await;
+        let answer = tokio::time::timeout(self.answer_within, call(Arc::clone(&connection))).await;
+        let result = match answer {
+            Ok(result) => {
+                sent.answered();
+                result.map_err(PgError::from)
+            }
+            Err(_) => {
+                self.abandon(lease.slot, &connection);
+                Err(PgError::NoAnswer(self.answer_within))
+            }
+        };
         if let Some(callback) = &*self.callback.load() {
             callback(&StatementInfo {
                 sql,
@@ -310,166 +472,250 @@ impl Pipelines {
                 failed: result.is_err(),
             });
         }
-        if let Err(error) = &result
+        if let Err(PgError::Driver(error)) = &result
             && error.is_closed()
         {
-            // Broken: the next statement on this slot opens a new connection.
-            slot.current
-                .compare_and_swap(&Some(Arc::clone(&lease.connection)), None);
+            // Broken: the next statement of its lane opens a new connection.
+            self.empty(lease.slot, &connection);
         }
-        Ok(result?)
+        drop(lease);
+        self.wake();
+        result
     }
 
-    /// A place in a pipeline of the lane's open connections, round robin; when they are full, a
-    /// new connection in the lane (up to `DB_MAX_CONNECTIONS`), then a place in the other lane;
-    /// when nothing has room and nothing can be opened, a wait for a place in the lane.
-    async fn lease(&self, lane: Lane) -> Result<(&Slot, Lease), PgError> {
-        let (own, other) = match lane {
-            Lane::Read if self.reads < self.slots.len() => self.slots.split_at(self.reads),
-            Lane::Write if self.reads < self.slots.len() => {
-                let (reads, writes) = self.slots.split_at(self.reads);
-                (writes, reads)
+    /// A place in a pipeline of the lane: the least loaded of its connections that are not
+    /// stalled; else a new connection (within the lane's share); else, client-side, a wait for
+    /// one of those to change. Bounded by the caller's acquire timeout.
+    async fn lease(&self, lane: Lane) -> Result<Lease<'_>, PgError> {
+        let lane = self.lanes.uses(lane);
+        loop {
+            if let Some(lease) = self.place_in(lane) {
+                match self.checked(lease).await {
+                    Some(lease) => return Ok(lease),
+                    None => continue,
+                }
             }
-            _ => (&self.slots[..], &[][..]),
-        };
-        let next = &self.next[lane as usize];
-        let start = next.fetch_add(1, Ordering::Relaxed);
-        if let Some((slot, connection, place)) = place_in(own, start) {
-            return self.lend(slot, connection, place).await;
+            if let Some((reserved, _opening)) = self.room_for(lane) {
+                let slot = self.open(reserved, lane).await?;
+                if let Some(lease) = self.place_on(slot) {
+                    return Ok(lease);
+                }
+                continue;
+            }
+            self.changed().await;
         }
-        if let Some(slot) = own.iter().find(|slot| slot.connection().is_none()) {
-            let connection = self.open(slot).await?;
-            return self.wait_in(slot, connection).await;
-        }
-        if let Some((slot, connection, place)) = place_in(other, start) {
-            return self.lend(slot, connection, place).await;
-        }
-        let slot = open_in(own)
-            .nth(start % open_in(own).count().max(1))
-            .map_or(&own[0], |(slot, _)| slot);
-        let connection = match slot.connection() {
-            Some(connection) => connection,
-            None => self.open(slot).await?,
-        };
-        self.wait_in(slot, connection).await
     }
 
-    /// Waits for a place in `connection`'s pipeline.
-    async fn wait_in<'a>(
-        &self,
-        slot: &'a Slot,
-        connection: Arc<Connection>,
-    ) -> Result<(&'a Slot, Lease), PgError> {
-        let place = Arc::clone(&connection.pipeline)
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        self.lend(slot, connection, place).await
+    /// Waits until a statement is answered or a connection opens or goes, or [`STALL_AFTER`]
+    /// passes (a pipeline may have become stalled meanwhile, and a wake-up may have come
+    /// between the caller's look and this wait).
+    async fn changed(&self) {
+        let changed = self.changed.notified();
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _ = tokio::time::timeout(STALL_AFTER, changed).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
-    async fn lend<'a>(
-        &self,
-        slot: &'a Slot,
-        connection: Arc<Connection>,
-        place: OwnedSemaphorePermit,
-    ) -> Result<(&'a Slot, Lease), PgError> {
-        let connection = self.checked(slot, connection).await?;
-        Ok((
+    fn wake(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The least loaded open connection of `lane` that is not stalled and has room, ties going
+    /// round robin (over the open ones: going round the slots, most of them empty, sent nearly
+    /// everything to the first open one; bench/RESULTS.md).
+    fn place_in(&self, lane: Lane) -> Option<Lease<'_>> {
+        let candidates = || {
+            self.slots.iter().filter_map(move |slot| {
+                let connection = slot.connection()?;
+                (connection.lane == lane && !connection.stalled()).then_some((slot, connection))
+            })
+        };
+        let count = candidates().count();
+        if count == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let rotated = || candidates().skip(start).chain(candidates().take(start));
+        let least_loaded = rotated().min_by_key(|(_, connection)| connection.in_flight());
+        least_loaded
+            .into_iter()
+            .chain(rotated())
+            .find_map(|(slot, connection)| {
+                let place = Arc::clone(&connection.pipeline).try_acquire_owned().ok()?;
+                Some(Lease {
+                    slot,
+                    connection,
+                    _place: place,
+                })
+            })
+    }
+
+    /// A place on the connection just opened in `slot`.
+    fn place_on<'a>(&self, slot: &'a Slot) -> Option<Lease<'a>> {
+        let connection = slot.connection()?;
+        let place = Arc::clone(&connection.pipeline).try_acquire_owned().ok()?;
+        Some(Lease {
             slot,
-            Lease {
-                connection,
-                _place: place,
-            },
-        ))
+            connection,
+            _place: place,
+        })
+    }
+
+    /// An empty slot the lane may open a connection in, with the lane's opening lock; `None`
+    /// when the lane holds its share, every slot is taken, or another statement is opening one
+    /// for the lane (it will have room for this one too).
+    fn room_for(&self, lane: Lane) -> Option<(Reserved<'_>, tokio::sync::MutexGuard<'_, ()>)> {
+        let opening = self.opening[lane as usize].try_lock().ok()?;
+        let open = self.open_in(lane).count();
+        if open >= self.lanes.most[lane as usize] {
+            return None;
+        }
+        let slot = self.slots.iter().find_map(Slot::reserve)?;
+        Some((slot, opening))
+    }
+
+    /// The open connections of `lane`.
+    fn open_in(&self, lane: Lane) -> impl Iterator<Item = Arc<Connection>> + '_ {
+        self.slots
+            .iter()
+            .filter_map(Slot::connection)
+            .filter(move |connection| connection.lane == lane)
     }
 
     /// `DB_TEST_BEFORE_ACQUIRE`: pings a connection before use when asked to; a failed ping
-    /// replaces it.
-    async fn checked(
-        &self,
-        slot: &Slot,
-        connection: Arc<Connection>,
-    ) -> Result<Arc<Connection>, PgError> {
+    /// empties its slot, and `None` sends the lease to look again.
+    async fn checked<'a>(&self, lease: Lease<'a>) -> Option<Lease<'a>> {
         let ping = match self.pool.health_check {
             HealthCheck::Always => true,
-            HealthCheck::IfIdleFor(idle) => connection.idle_for() >= idle,
+            HealthCheck::IfIdleFor(idle) => lease.connection.idle_for() >= idle,
             HealthCheck::Never => false,
         };
-        if !ping || connection.client.simple_query("").await.is_ok() {
-            return Ok(connection);
+        if !ping || lease.connection.client.simple_query("").await.is_ok() {
+            return Some(lease);
         }
-        slot.current.compare_and_swap(&Some(connection), None);
-        self.open(slot).await
+        self.empty(lease.slot, &lease.connection);
+        None
     }
 
-    /// Opens the slot's connection unless another task just did.
-    async fn open(&self, slot: &Slot) -> Result<Arc<Connection>, PgError> {
-        let _opening = slot.opening.lock().await;
-        if let Some(connection) = slot.connection() {
-            return Ok(connection);
-        }
+    /// Opens a connection for `lane` in the reserved slot.
+    async fn open<'a>(&self, reserved: Reserved<'a>, lane: Lane) -> Result<&'a Slot, PgError> {
+        let slot = reserved.0;
         let (client, driver) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             if let Err(error) = driver.await {
                 tracing::debug!(%error, "database connection closed");
             }
-        });
+        })
+        .abort_handle();
+        let index = self
+            .slots
+            .iter()
+            .position(|other| std::ptr::eq(other, slot))
+            .unwrap_or_default();
         let connection = Arc::new(Connection {
             client,
+            lane,
             statements: RwLock::default(),
             pipeline: Arc::new(Semaphore::new(PIPELINE_DEPTH)),
             opened: Instant::now(),
+            lifetime: self
+                .pool
+                .max_lifetime
+                .map(|lifetime| spread(lifetime, index)),
             last_used_ms: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+            progress_ms: AtomicU64::new(0),
+            driver,
         });
-        slot.current.store(Some(Arc::clone(&connection)));
-        Ok(connection)
+        slot.current.store(Some(connection));
+        self.wake();
+        Ok(slot)
     }
 
-    /// Closes connections past `DB_MAX_LIFETIME_SECS`, and those idle past
-    /// `DB_IDLE_TIMEOUT_SECS` beyond `DB_MIN_CONNECTIONS`; reopens up to the minimum. Statements
-    /// in flight on a closed connection finish first (the client lives until they do).
+    /// Empties `slot` if it still holds `connection`: the next statement opens another.
+    /// Statements in flight on it finish first (the client lives until they do).
+    fn empty(&self, slot: &Slot, connection: &Arc<Connection>) {
+        slot.current
+            .compare_and_swap(&Some(Arc::clone(connection)), None);
+        self.wake();
+    }
+
+    /// A connection missed the answer bound: the server stopped answering, or the network
+    /// drops packets. It is closed at once (what it still carries fails now, not each at its
+    /// own bound), and what runs on its backend is cancelled, so a blocked statement stops
+    /// holding its locks and its snapshot.
+    fn abandon(&self, slot: &Slot, connection: &Arc<Connection>) {
+        if slot
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, connection))
+        {
+            tracing::warn!(
+                within_ms = self.answer_within.as_millis() as u64,
+                "a database connection did not answer in time: closed, the next statement opens another"
+            );
+        }
+        self.empty(slot, connection);
+        connection.driver.abort();
+        let cancel = connection.client.cancel_token();
+        let within = self.pool.acquire_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(within, cancel.cancel_query(NoTls)).await;
+        });
+    }
+
+    /// Opens each lane's warm connections that are not open.
+    async fn open_warm(&self) -> Result<(), PgError> {
+        for lane in LANES {
+            let missing = self.lanes.warm[lane as usize].saturating_sub(self.open_in(lane).count());
+            for _ in 0..missing {
+                let Some((reserved, _opening)) = self.room_for(lane) else {
+                    break;
+                };
+                self.open(reserved, lane).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes connections past their lifetime, and those idle past `DB_IDLE_TIMEOUT_SECS`
+    /// beyond their lane's warm ones; reopens the warm ones. Statements in flight on a closed
+    /// connection finish first (the client lives until they do).
     pub async fn housekeeping(&self) {
-        let mut open = 0;
+        let mut open = [0; 3];
         for slot in self.slots.iter() {
             let Some(connection) = slot.current.load_full() else {
                 continue;
             };
-            let expired = self
-                .pool
-                .max_lifetime
-                .is_some_and(|lifetime| connection.opened.elapsed() >= lifetime);
-            let idle = open >= self.pool.min_connections
+            let lane = connection.lane as usize;
+            let idle = open[lane] >= self.lanes.warm[lane]
                 && !connection.busy()
                 && self
                     .pool
                     .idle_timeout
                     .is_some_and(|timeout| connection.idle_for() >= timeout);
-            if expired || idle || connection.client.is_closed() {
-                slot.current.compare_and_swap(&Some(connection), None);
+            if connection.expired() || idle || connection.client.is_closed() {
+                self.empty(slot, &connection);
             } else {
-                open += 1;
+                open[lane] += 1;
             }
         }
-        for slot in self.slots.iter() {
-            if open >= self.pool.min_connections {
-                break;
-            }
-            if slot.current.load().is_none() && self.open(slot).await.is_ok() {
-                open += 1;
-            }
+        if let Err(error) = self.open_warm().await {
+            tracing::debug!(%error, "could not reopen a warm database connection");
         }
     }
 
     /// The pool gauges: a connection is active while it carries a statement.
     pub fn state(&self) -> PoolState {
         let (mut active, mut idle) = (0, 0);
-        for slot in self.slots.iter() {
-            if let Some(connection) = slot.connection() {
-                if connection.busy() {
-                    active += 1;
-                } else {
-                    idle += 1;
-                }
+        for connection in self.slots.iter().filter_map(Slot::connection) {
+            if connection.busy() {
+                active += 1;
+            } else {
+                idle += 1;
             }
         }
         PoolState {
@@ -488,32 +734,11 @@ impl Pipelines {
     }
 }
 
-/// The open connections among `slots`.
-fn open_in(slots: &[Slot]) -> impl Iterator<Item = (&Slot, Arc<Connection>)> {
-    slots
-        .iter()
-        .filter_map(|slot| Some((slot, slot.connection()?)))
-}
-
-/// A free place in the least loaded of the open connections among `slots` (fewest statements
-/// in flight: one held by a lock or a slow commit is passed over), ties going round robin from
-/// `start` (over the open ones: going round the slots, most of them empty, sent nearly
-/// everything to the first open one; bench/RESULTS.md).
-fn place_in(
-    slots: &[Slot],
-    start: usize,
-) -> Option<(&Slot, Arc<Connection>, OwnedSemaphorePermit)> {
-    let start = start % open_in(slots).count().max(1);
-    let rotated = || open_in(slots).skip(start).chain(open_in(slots).take(start));
-    // The first of the least loaded: equal loads keep their round-robin order.
-    let least_loaded = rotated().min_by_key(|(_, connection)| connection.in_flight());
-    least_loaded
-        .into_iter()
-        .chain(rotated())
-        .find_map(|(slot, connection)| {
-            let place = Arc::clone(&connection.pipeline).try_acquire_owned().ok()?;
-            Some((slot, connection, place))
-        })
+/// `lifetime` less slot `index`'s share of a tenth of it, so connections opened together
+/// (the warm ones, at start) are recycled at different times, not all at once.
+fn spread(lifetime: Duration, index: usize) -> Duration {
+    const SHARES: u32 = 8;
+    lifetime - lifetime / 10 * (index as u32 % SHARES) / SHARES
 }
 
 /// A statement's values as tokio-postgres parameters. (sea-query-postgres does this, but does

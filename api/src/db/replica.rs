@@ -106,11 +106,7 @@ impl Replica {
     /// a replica that cannot answer (stopped with its connections open, a network dropping
     /// packets): the read goes to the primary and the replica's connections are dropped.
     pub fn new(config: &ReplicaConfig, pool: &PoolConfig) -> Result<Self, PgError> {
-        let answer_within = pool
-            .statement_timeout
-            .map_or(pool.acquire_timeout, |timeout| {
-                timeout + Duration::from_secs(1)
-            });
+        let answer_within = pool.answer_within();
         Ok(Self {
             pipelines: Pipelines::new(&config.url, pool)?,
             max_lag: config.max_lag,
@@ -319,7 +315,7 @@ fn upgrade(
 
 /// A one-number statement's answer, as a position.
 async fn position(pipelines: &Pipelines, sql: &str) -> Result<Option<Lsn>, PgError> {
-    let rows = pipelines.query(Lane::Read, sql, &[]).await?;
+    let rows = pipelines.query(Lane::Point, sql, &[]).await?;
     let value: Option<i64> = rows
         .first()
         .map(|row| row.try_get(0))

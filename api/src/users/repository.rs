@@ -99,17 +99,14 @@ pub struct ListQuery {
 
 impl ListQuery {
     pub fn order(&self) -> Order {
-        if self.updated_since.is_some() {
-            Order::UpdatedAsc
-        } else {
-            Order::CreatedDesc
-        }
+        Order::of(self.name_prefix.is_some(), self.updated_since.is_some())
     }
 
     fn operation(&self) -> Operation {
         match self.order() {
             Order::CreatedDesc => Operation::ListUsers,
             Order::UpdatedAsc => Operation::ListUsersUpdatedSince,
+            Order::NameAsc => Operation::SearchUsersByName,
         }
     }
 }
@@ -148,10 +145,6 @@ pub mod statements {
     /// One page, plus one row that tells whether another page follows (no COUNT).
     pub fn list(backend: DbBackend, query: &ListQuery) -> Select<Users> {
         let order = query.order();
-        let key = match order {
-            Order::CreatedDesc => Column::CreatedAt,
-            Order::UpdatedAsc => Column::UpdatedAt,
-        };
         let mut select = Users::find();
         if let Some(prefix) = &query.name_prefix {
             select = select.filter(name_prefix_filter(backend, prefix));
@@ -159,36 +152,80 @@ pub mod statements {
         if let Some(since) = query.updated_since {
             select = select.filter(Column::UpdatedAt.gte(since));
         }
-        if let Some(after) = query.after {
+        let time_key = match order {
+            Order::UpdatedAsc => Column::UpdatedAt,
+            Order::CreatedDesc | Order::NameAsc => Column::CreatedAt,
+        };
+        if let Some(after) = &query.after {
             // A row-value comparison: PostgreSQL turns it into one index range, where the
             // expanded `a < x OR (a = x AND b < y)` form filters over the whole index.
-            let row = Expr::tuple([Expr::col(key), Expr::col(Column::Id)]);
-            let bound = Expr::tuple([Expr::val(after.at), Expr::val(after.id)]);
+            let id = Expr::col(Column::Id);
             select = select.filter(match order {
-                Order::CreatedDesc => row.lt(bound),
-                Order::UpdatedAsc => row.gt(bound),
+                Order::CreatedDesc => Expr::tuple([Expr::col(time_key), id])
+                    .lt(Expr::tuple([Expr::val(after.at), Expr::val(after.id)])),
+                Order::UpdatedAsc => Expr::tuple([Expr::col(time_key), id])
+                    .gt(Expr::tuple([Expr::val(after.at), Expr::val(after.id)])),
+                Order::NameAsc => Expr::cust_with_values(
+                    format!(
+                        "({}, id) > ({}, {})",
+                        folded(backend),
+                        folded_value(backend, 1),
+                        placeholder(backend, 2)
+                    ),
+                    [Value::from(after.name.clone()), Value::from(after.id)],
+                ),
             });
         }
         let select = match order {
-            Order::CreatedDesc => select.order_by_desc(key).order_by_desc(Column::Id),
-            Order::UpdatedAsc => select.order_by_asc(key).order_by_asc(Column::Id),
+            Order::CreatedDesc => select.order_by_desc(time_key).order_by_desc(Column::Id),
+            Order::UpdatedAsc => select.order_by_asc(time_key).order_by_asc(Column::Id),
+            Order::NameAsc => select
+                .order_by(Expr::cust(folded(backend)), sea_orm::Order::Asc)
+                .order_by_asc(Column::Id),
         };
         select.limit(query.limit + 1)
     }
 
-    /// Case-insensitive prefix match written as a range over `lower(name)`, which the
-    /// prefix index serves with the prefix as a parameter (a `LIKE $1` cannot be planned as an
-    /// index range). The upper bound appends the largest code point; the database lowers the
-    /// parameter, so both sides fold case with the index's function. (sea-query reads `$n`
-    /// placeholders for PostgreSQL and `?` for SQLite.)
+    /// `name` as the name index holds it: case-folded by the database's `lower()` (so the
+    /// index, the prefix and a cursor fold alike) and compared byte-wise (PostgreSQL's "C"
+    /// collation, SQLite's default), so one index serves the prefix range and the order.
+    fn folded(backend: DbBackend) -> &'static str {
+        match backend {
+            DbBackend::Postgres => r#"lower(name) COLLATE "C""#,
+            _ => "lower(name)",
+        }
+    }
+
+    /// A parameter folded as [`folded`] folds the column.
+    fn folded_value(backend: DbBackend, n: usize) -> String {
+        match backend {
+            DbBackend::Postgres => format!(r#"lower(${n}) COLLATE "C""#),
+            _ => "lower(?)".to_owned(),
+        }
+    }
+
+    /// sea-query reads `$n` placeholders for PostgreSQL and `?` for SQLite.
+    fn placeholder(backend: DbBackend, n: usize) -> String {
+        match backend {
+            DbBackend::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    }
+
+    /// Case-insensitive prefix match written as a range of the folded name, which the name
+    /// index serves with the prefix as a parameter (a `LIKE $1` cannot be planned as an index
+    /// range). The upper bound appends the largest code point.
     fn name_prefix_filter(backend: DbBackend, prefix: &str) -> Expr {
-        let sql = match backend {
-            // `~>=~` and `~<~` are the byte-wise operators of `text_pattern_ops`.
-            DbBackend::Postgres => {
-                "lower(name) ~>=~ lower($1) AND lower(name) ~<~ (lower($2) || chr(1114111))"
-            }
-            _ => "lower(name) >= lower(?) AND lower(name) < (lower(?) || char(1114111))",
-        };
+        let sql = format!(
+            "{name} >= {from} AND {name} < ({to} || {max})",
+            name = folded(backend),
+            from = folded_value(backend, 1),
+            to = folded_value(backend, 2),
+            max = match backend {
+                DbBackend::Postgres => "chr(1114111)",
+                _ => "char(1114111)",
+            },
+        );
         Expr::cust_with_values(sql, [prefix.to_owned(), prefix.to_owned()])
     }
 
@@ -369,30 +406,7 @@ impl UserRepository {
 
     pub async fn list(&self, query: ListQuery, freshness: Freshness) -> Result<Page, RepoError> {
         let select = statements::list(self.backend(), &query);
-        let rows = match &self.pg {
-            // Name searches run unnamed, planned with their parameters every time. A prepared
-            // statement would settle, after five executions, on a generic plan that cannot see
-            // how common a prefix is: one plan walks the `(created_at, id)` index filtering
-            // names (fast for `ali`, a whole-index walk for a rare prefix), the other reads the
-            // prefix index and sorts (fast for a rare prefix, tens of thousands of rows for
-            // `ali`). Planning per call costs a fraction of a millisecond and picks the right
-            // one each time.
-            Some(pg) if query.name_prefix.is_some() => {
-                let operation = query.operation();
-                let statement = select.build(DbBackend::Postgres);
-                replica::route(pg, self.replica.as_deref(), freshness, |pipelines, pool| {
-                    let rows = pipelines.query_unprepared(
-                        operation.lane(),
-                        &statement.sql,
-                        values(&statement),
-                    );
-                    let call = self.call(operation, &statement.sql, pool);
-                    observe(call, async { users_of(rows.await?) })
-                })
-                .await?
-            }
-            _ => self.select(query.operation(), select, freshness).await?,
-        };
+        let rows = self.select(query.operation(), select, freshness).await?;
         Ok(paginate(rows, &query))
     }
 
@@ -568,12 +582,17 @@ fn users_of(rows: Vec<Row>) -> Result<Vec<users::Model>, PgError> {
 fn paginate(mut items: Vec<users::Model>, query: &ListQuery) -> Page {
     let has_more = items.len() as u64 > query.limit;
     items.truncate(query.limit as usize);
+    let order = query.order();
     let next = has_more.then(|| items.last()).flatten().map(|last| Cursor {
-        at: match query.order() {
-            Order::CreatedDesc => last.created_at,
+        at: match order {
+            Order::CreatedDesc | Order::NameAsc => last.created_at,
             Order::UpdatedAsc => last.updated_at,
         },
         id: last.id,
+        name: match order {
+            Order::NameAsc => last.name.clone(),
+            Order::CreatedDesc | Order::UpdatedAsc => String::new(),
+        },
     });
     Page { items, next }
 }

@@ -208,9 +208,12 @@ impl UsersApi {
 
     /// List users, newest first, one page at a time.
     ///
-    /// With `updated_since`, lists the users changed at or after that time, oldest change
-    /// first, for incremental sync. Pass a page's `next_cursor` as `cursor` for the next page,
-    /// with the same `name_prefix` and `updated_since`.
+    /// With `name_prefix`, lists the users whose name starts with it, case-insensitively, by
+    /// name (case-folded, compared by code point), then id: as an autocomplete expects, and in
+    /// the same time whatever the prefix. With `updated_since`, lists the users changed at or
+    /// after that time, oldest change first (a filter: it misses changes committed late and
+    /// deletions). Pass a page's `next_cursor` as `cursor` for the next page, with the same
+    /// `name_prefix` and `updated_since`.
     #[oai(path = "/users", method = "get", operation_id = "listUsers")]
     async fn list(
         &self,

@@ -102,16 +102,21 @@ async fn every_repository_statement_uses_an_index() {
     let deep_cursor = Cursor {
         at: deep.1,
         id: deep.2,
+        name: String::new(),
+    };
+    let name_cursor = Cursor {
+        name: deep.0.clone(),
+        ..deep_cursor.clone()
     };
     let since = deep.1 - chrono::Duration::hours(24);
     let prefix = deep.0[..3].to_owned();
     for (after, name_prefix, updated_since) in [
         (None, None, None),
-        (Some(deep_cursor), None, None),
+        (Some(deep_cursor.clone()), None, None),
         (None, Some(prefix.clone()), None),
-        (Some(deep_cursor), Some(prefix.clone()), None),
+        (Some(name_cursor.clone()), Some(prefix.clone()), None),
         (None, None, Some(since)),
-        (Some(deep_cursor), None, Some(since)),
+        (Some(deep_cursor.clone()), None, Some(since)),
     ] {
         repository
             .list(
@@ -155,66 +160,42 @@ async fn every_repository_statement_uses_an_index() {
         .unwrap_err();
 
     let statements = statements.lock().unwrap().clone();
-    // Name searches run unprepared (see UserRepository::fetch_unprepared), so each execution
-    // gets a plan for its own prefix: check a rare prefix and a common one, on each listing.
-    let mut searches = Vec::new();
-    for name_prefix in [prefix.clone(), "COMMON".to_owned()] {
-        for (after, updated_since) in [
-            (None, None),
-            (Some(deep_cursor), None),
-            (None, Some(since)),
-            (Some(deep_cursor), Some(since)),
-        ] {
-            let query = ListQuery {
+    // Name searches in bounded time whatever the prefix: a stem 10,000 users share, a rare
+    // name under it, an absent one, one letter; first pages and deep ones. Each reads one range
+    // of the name index and at most a page and a half of rows (in the index's order, or the
+    // few matches of a rare prefix, then sorted), in the custom plan and in the generic one.
+    let mut search_failures = Vec::new();
+    let rare = format!("common {}", &deep_common(&db).await[..12]);
+    for name_prefix in ["COMMON", &rare, "zzzz-absent", "c", &prefix] {
+        for after in [None, Some(name_cursor.clone())] {
+            let statement = repository.list_statement(&ListQuery {
                 limit: 50,
                 after,
-                name_prefix: Some(name_prefix.clone()),
-                updated_since,
-            };
-            repository
-                .list(
-                    ListQuery {
-                        name_prefix: Some(name_prefix.clone()),
-                        ..query
-                    },
-                    Freshness::Any,
-                )
-                .await
-                .unwrap();
-            searches.push((
-                name_prefix.clone(),
-                repository.list_statement(&ListQuery {
-                    limit: 50,
-                    after,
-                    name_prefix: Some(name_prefix.clone()),
-                    updated_since,
-                }),
-            ));
-        }
-    }
-    let mut search_failures = Vec::new();
-    for (i, (name_prefix, statement)) in searches.iter().enumerate() {
-        let plan = explain(&db, statement, 1000 + i, false).await;
-        let (mut names, mut scans) = (Vec::new(), Vec::new());
-        index_names(&plan, &mut names);
-        sequential_scans(&plan, &mut scans);
-        let rare = name_prefix != "COMMON";
-        let right = if rare {
-            names.iter().any(|n| n == "users_name_lower_prefix_idx")
-        } else {
-            !names.is_empty()
-        };
-        if !scans.is_empty() || !right {
-            search_failures.push(format!(
-                "prefix {name_prefix}: {}\n{}",
-                statement.sql,
-                serde_json::to_string_pretty(&plan).unwrap()
-            ));
+                name_prefix: Some(name_prefix.to_owned()),
+                updated_since: None,
+            });
+            for generic in [false, true] {
+                let plan = explain_analyze(&db, &statement, generic).await;
+                let (mut names, mut scans) = (Vec::new(), Vec::new());
+                index_names(&plan, &mut names);
+                sequential_scans(&plan, &mut scans);
+                if !scans.is_empty()
+                    || rows_read(&plan) > 75
+                    || !names.iter().any(|n| n == "users_name_lower_id_idx")
+                {
+                    search_failures.push(format!(
+                        "prefix {name_prefix} ({}): {}\n{}",
+                        if generic { "generic" } else { "custom" },
+                        statement.sql,
+                        serde_json::to_string_pretty(&plan).unwrap()
+                    ));
+                }
+            }
         }
     }
     assert!(
         search_failures.is_empty(),
-        "name searches without the right index:\n{}",
+        "name searches that do not read one range of the name index:\n{}",
         search_failures.join("\n\n")
     );
 
@@ -310,6 +291,64 @@ fn pg_type(value: &Value) -> &'static str {
     }
 }
 
+/// The name of a user deep in the shared stem, case-folded.
+async fn deep_common(db: &DatabaseConnection) -> String {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT lower(name) AS name FROM users WHERE name LIKE 'Common %' \
+             ORDER BY id OFFSET 5000 LIMIT 1",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let name: String = row.try_get("", "name").unwrap();
+    name["common ".len()..].to_owned()
+}
+
+/// EXPLAIN ANALYZE of `statement`, as a custom or a generic plan.
+async fn explain_analyze(db: &DatabaseConnection, statement: &Statement, generic: bool) -> Json {
+    let mode = if generic {
+        "force_generic_plan"
+    } else {
+        "force_custom_plan"
+    };
+    db.execute_unprepared(&format!("SET plan_cache_mode = {mode}"))
+        .await
+        .unwrap();
+    // A prepared statement, as the service runs it (sqlx prepares every statement it is given
+    // with values).
+    let explained = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", statement.sql),
+        statement.values.clone().map(|v| v.0).unwrap_or_default(),
+    );
+    let row = db.query_one_raw(explained).await.unwrap().unwrap();
+    db.execute_unprepared("SET plan_cache_mode = auto")
+        .await
+        .unwrap();
+    row.try_get("", "QUERY PLAN").unwrap()
+}
+
+/// The most rows any scan node of an analysed plan read.
+fn rows_read(plan: &Json) -> u64 {
+    match plan {
+        Json::Object(node) => {
+            let own = match node.get("Node Type").and_then(Json::as_str) {
+                Some(kind) if kind.contains("Scan") => {
+                    let rows = node.get("Actual Rows").and_then(Json::as_u64).unwrap_or(0);
+                    let loops = node.get("Actual Loops").and_then(Json::as_u64).unwrap_or(1);
+                    rows * loops
+                }
+                _ => 0,
+            };
+            node.values().map(rows_read).fold(own, u64::max)
+        }
+        Json::Array(items) => items.iter().map(rows_read).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn sequential_scans(plan: &Json, found: &mut Vec<String>) {
     match plan {
         Json::Object(node) => {
@@ -335,8 +374,10 @@ fn sequential_scans(plan: &Json, found: &mut Vec<String>) {
 fn expected_index(sql: &str) -> Option<&'static str> {
     if sql.starts_with("INSERT") {
         None
-    } else if sql.contains("lower(name)") {
-        Some("users_name_lower_prefix_idx")
+    } else if sql.contains("ORDER BY \"users\".\"updated_at\"") {
+        Some("users_updated_at_id_idx")
+    } else if sql.contains("ORDER BY lower(name)") {
+        Some("users_name_lower_id_idx")
     } else if sql.contains("LOWER(\"email\")") {
         Some("users_email_lower_key")
     } else if sql.contains("\"users\".\"id\" = $") {

@@ -8,72 +8,178 @@ use crate::common::{Backend, TestApp, admin_connection, assert_problem, lock_use
 use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::{self, Executor};
 
-/// The pool is exhausted when every connection's pipeline is full (here one connection, its
-/// statements blocked by a table lock) and no other may open: a request then waits the acquire
-/// timeout for a place and gets 503, instead of queueing without bound.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exhausted_pool_answers_503_after_the_acquire_timeout() {
-    let app = TestApp::with(
-        Backend::Postgres,
-        &[
-            ("DB_MAX_CONNECTIONS", "1"),
-            ("DB_MIN_CONNECTIONS", "1"),
-            ("DB_ACQUIRE_TIMEOUT_SECS", "1"),
-            ("DB_STATEMENT_TIMEOUT_MS", "30000"),
-        ],
-    )
-    .await;
-    let user = app.create_ok("held@example.com", "Held").await;
-    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+/// Backends stopped with SIGSTOP, resumed when dropped (a failing test leaves none stopped).
+struct Frozen(Vec<i32>);
 
-    let mut locker = lock_users(app.db.url()).await;
-    // One request more than the pipeline holds: whichever finds no place waits the acquire
-    // timeout and gets 503; the others stay blocked until the lock goes.
+impl Frozen {
+    fn stop(pids: Vec<i32>) -> Self {
+        assert!(!pids.is_empty());
+        signal("STOP", &pids);
+        Self(pids)
+    }
+
+    /// Resumes them; their pids.
+    fn thaw(mut self) -> Vec<i32> {
+        let pids = std::mem::take(&mut self.0);
+        signal("CONT", &pids);
+        pids
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            signal("CONT", &self.0);
+        }
+    }
+}
+
+fn signal(signal: &str, pids: &[i32]) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(i32::to_string))
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pids:?}");
+}
+
+/// What one request got, and how long it took.
+struct Answer {
+    status: u16,
+    took: Duration,
+    retry_after: Option<String>,
+    code: Option<String>,
+}
+
+/// Sends `count` GETs of each path at once and waits for every answer.
+async fn requests_at_once(app: &TestApp, paths: &[String], count: usize) -> Vec<Answer> {
     let endpoint = app.app.endpoint();
-    let mut requests: Vec<_> = (0..=api::db::postgres::PIPELINE_DEPTH)
-        .map(|_| {
+    let requests: Vec<_> = paths
+        .iter()
+        .flat_map(|path| std::iter::repeat_n(path.clone(), count))
+        .map(|path| {
             let client = poem::test::TestClient::new(Arc::clone(&endpoint));
-            let path = path.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 let response = client.get(&path).send().await;
-                let retry_after = response.0.headers().get("retry-after").cloned();
                 let status = response.0.status().as_u16();
+                let retry_after = response
+                    .0
+                    .headers()
+                    .get("retry-after")
+                    .map(|value| value.to_str().unwrap().to_owned());
                 let body: serde_json::Value = response.json().await.value().deserialize();
-                (status, started.elapsed(), retry_after, body)
+                Answer {
+                    status,
+                    took: started.elapsed(),
+                    retry_after,
+                    code: body["code"].as_str().map(str::to_owned),
+                }
             })
         })
         .collect();
-    let (first, index, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        futures::future::select_all(requests.iter_mut()),
-    )
-    .await
-    .expect("one request gave up waiting");
-    let (status, waited, retry_after, problem) = first.unwrap();
-    requests.remove(index);
-    assert_eq!(status, 503, "{problem}");
-    assert_eq!(problem["code"], "database_unavailable");
-    assert_eq!(retry_after.unwrap(), "1");
-    assert!(
-        waited >= Duration::from_millis(900),
-        "waited for a place: {waited:?}"
-    );
-    assert!(waited < Duration::from_secs(3), "no hang: {waited:?}");
-    let ready = app.client.get("/health/ready").send().await;
-    assert_problem(ready, 503, "database_unavailable").await;
-
-    locker.execute("ROLLBACK").await.unwrap();
+    let mut answers = Vec::new();
     for request in requests {
-        let (status, _, _, problem) = request.await.unwrap();
-        assert_eq!(status, 200, "{problem}");
+        answers.push(request.await.unwrap());
     }
+    answers
+}
+
+/// A table lock held longer than any bound (the numbers: 1 s acquire timeout, 2 s
+/// statement timeout): every caller answers within the acquire timeout plus the statement
+/// timeout plus a second, 503 `database_unavailable` with `Retry-After`, never a 500 and never
+/// after the lock. Statements queued behind the blocked one on its pipeline used to get their
+/// own statement timeout each, in turn (5.5 s, then 200 once the lock went). With one
+/// connection, whoever finds its pipeline stalled waits the acquire timeout, client-side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_table_lock_every_caller_answers_within_its_bounds() {
+    for max_connections in ["50", "1"] {
+        let app = TestApp::with(
+            Backend::Postgres,
+            &[
+                ("DB_MAX_CONNECTIONS", max_connections),
+                ("DB_MIN_CONNECTIONS", "1"),
+                ("DB_ACQUIRE_TIMEOUT_SECS", "1"),
+                ("DB_STATEMENT_TIMEOUT_MS", "2000"),
+            ],
+        )
+        .await;
+        let user = app.create_ok("held@example.com", "Held").await;
+        let paths = [
+            "/api/v1/users?limit=5".to_owned(),
+            format!("/api/v1/users/{}", user["id"].as_str().unwrap()),
+        ];
+
+        let mut locker = lock_users(app.db.url()).await;
+        let answers = requests_at_once(&app, &paths, 12).await;
+        // Every answer came while the lock was still held.
+        locker.execute("ROLLBACK").await.unwrap();
+        for answer in &answers {
+            assert_eq!(answer.status, 503, "{max_connections} connections");
+            assert_eq!(answer.code.as_deref(), Some("database_unavailable"));
+            assert_eq!(answer.retry_after.as_deref(), Some("1"));
+            assert!(
+                answer.took < Duration::from_secs(4),
+                "{max_connections} connections: answered after {:?}",
+                answer.took
+            );
+        }
+        for path in &paths {
+            app.client.get(path).send().await.assert_status_is_ok();
+        }
+        app.client
+            .get("/health/ready")
+            .send()
+            .await
+            .assert_status_is_ok();
+    }
+}
+
+/// A database whose backends stop answering (SIGSTOP: a host behind a partition that drops
+/// packets) enforces no `statement_timeout`: the bound is kept client-side. A request costs at
+/// most the statement timeout plus a second (never the 30 s request timeout), the silent
+/// connections are replaced, and the service answers again without waiting for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_that_stop_answering_cost_a_bounded_wait_and_are_replaced() {
+    let app = TestApp::with(
+        Backend::Postgres,
+        &[
+            ("DB_ACQUIRE_TIMEOUT_SECS", "1"),
+            ("DB_STATEMENT_TIMEOUT_MS", "2000"),
+            ("HTTP_REQUEST_TIMEOUT_SECS", "30"),
+        ],
+    )
+    .await;
+    let user = app.create_ok("frozen@example.com", "Frozen").await;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+    let frozen = Frozen::stop(backends(app.db.name()).await);
+    let answers = requests_at_once(&app, std::slice::from_ref(&path), 8).await;
+    let first_after = Instant::now();
+    let after = app.client.get(&path).send().await.0.status().as_u16();
+    let after_took = first_after.elapsed();
+    let now = backends(app.db.name()).await;
+    let frozen = frozen.thaw();
+    for answer in &answers {
+        assert!(
+            answer.took < Duration::from_secs(4),
+            "answered after {:?} (status {})",
+            answer.took,
+            answer.status
+        );
+        assert!(
+            matches!(answer.status, 200 | 503),
+            "status {} ({:?})",
+            answer.status,
+            answer.code
+        );
+    }
+    assert_eq!(after, 200, "a request after the silent ones is served");
+    assert!(after_took < Duration::from_secs(1), "{after_took:?}");
+    assert!(
+        now.iter().any(|pid| !frozen.contains(pid)),
+        "new connections were opened: before {frozen:?}, now {now:?}"
+    );
     app.client.get(&path).send().await.assert_status_is_ok();
-    app.client
-        .get("/health/ready")
-        .send()
-        .await
-        .assert_status_is_ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

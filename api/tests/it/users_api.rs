@@ -370,17 +370,36 @@ async fn name_prefix_matches_case_insensitively_and_literally(backend: Backend) 
         ("e@example.com", "Al_x"),
         ("f@example.com", "Al%y"),
         ("g@example.com", "Malice"),
+        ("h@example.com", "ALICE"),
     ] {
         app.create_ok(email, name).await;
     }
-    let mut names: Vec<String> = list(&app, "name_prefix=aL&limit=200").await["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|user| user["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["ALBERT", "Al%y", "Al_x", "Alice", "alfred"]);
+    // By case-folded name, compared by code point, then id (so "ALICE" after "Alice", created
+    // later): in one page, and one user per page.
+    let by_name = ["Al%y", "Al_x", "ALBERT", "alfred", "Alice", "ALICE"];
+    let names = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|user| user["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&list(&app, "name_prefix=aL&limit=200").await),
+        by_name
+    );
+    let mut paged = Vec::new();
+    let mut query = "name_prefix=aL&limit=1".to_owned();
+    loop {
+        let page = list(&app, &query).await;
+        paged.extend(names(&page));
+        let Some(cursor) = page["next_cursor"].as_str() else {
+            break;
+        };
+        query = format!("name_prefix=aL&limit=1&cursor={cursor}");
+    }
+    assert_eq!(paged, by_name);
     assert_eq!(
         emails(&list(&app, "name_prefix=al_").await),
         ["e@example.com"],
@@ -412,7 +431,8 @@ async fn name_prefix_matches_case_insensitively_and_literally(backend: Backend) 
             "b@example.com",
             "c@example.com",
             "e@example.com",
-            "f@example.com"
+            "f@example.com",
+            "h@example.com"
         ]
     );
 }

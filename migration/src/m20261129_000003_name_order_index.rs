@@ -1,0 +1,66 @@
+//! Name searches in bounded time: a prefix search lists its matches by case-folded name, then
+//! id, so one range of one index answers it whatever the prefix. The index that only served
+//! the prefix range (`text_pattern_ops`, no id) goes: the new one serves the range and the
+//! order. Built online, as every index change ([`crate::online_index`]).
+//!
+//! `COLLATE "C"` compares the folded names byte-wise, as `text_pattern_ops` did, so a prefix is
+//! one contiguous range under any database collation; the `id` column makes the keyset unique.
+//! SQLite's default collation already compares byte-wise.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::online_index::{
+    Index, build_concurrently, dedicated, drop_concurrently, with_lock_retries,
+};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+const NAME_ORDER: Index = Index {
+    name: "users_name_lower_id_idx",
+    postgres: r#"ON users ((lower(name) COLLATE "C"), id)"#,
+    sqlite: "ON users (lower(name), id)",
+};
+
+/// The index migration 2 built for the prefix range alone.
+const PREFIX_ONLY: Index = Index {
+    name: "users_name_lower_prefix_idx",
+    postgres: "ON users (lower(name) text_pattern_ops)",
+    sqlite: "ON users (lower(name))",
+};
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    /// `CREATE INDEX CONCURRENTLY` cannot run inside a transaction.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+
+    /// The new index first, so searches always have one.
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        replace(manager, &NAME_ORDER, &PREFIX_ONLY).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        replace(manager, &PREFIX_ONLY, &NAME_ORDER).await
+    }
+}
+
+/// Builds `new`, then drops `old`.
+async fn replace(manager: &SchemaManager<'_>, new: &Index, old: &Index) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        let db = manager.get_connection();
+        db.execute_unprepared(&format!(
+            "CREATE INDEX IF NOT EXISTS {} {}",
+            new.name, new.sqlite
+        ))
+        .await?;
+        db.execute_unprepared(&format!("DROP INDEX IF EXISTS {}", old.name))
+            .await?;
+        return Ok(());
+    }
+    let mut conn = dedicated(manager).await?;
+    build_concurrently(&mut conn, new).await?;
+    with_lock_retries(&mut conn, &drop_concurrently(old.name)).await
+}
