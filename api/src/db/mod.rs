@@ -1,11 +1,13 @@
 //! The database wing: the connection pool built from [`PoolConfig`], the migrations at start,
 //! and the timing and classification of every call ([`observe`]). Nothing here knows users.
 
+mod executor;
 mod observe;
 mod operation;
 pub mod postgres;
 pub mod replica;
 
+pub use executor::{ExecError, Row, Target};
 pub use observe::{Call, ErrorKind, Failure, observe, record_not_found};
 pub use operation::Operation;
 pub use postgres::Pipelines;
@@ -98,12 +100,9 @@ impl Database {
 
     /// Sets the pool gauges: one set, or with a replica one per pool.
     pub fn record_pools(&self) {
-        match &self.replica {
-            Some(replica) => {
-                record_pool(Some(Pool::Primary), self.pool_state());
-                record_pool(Some(Pool::Replica), replica.state());
-            }
-            None => record_pool(None, self.pool_state()),
+        record_pool(self.primary_pool(), self.pool_state());
+        if let Some(replica) = &self.replica {
+            record_pool(Some(Pool::Replica), replica.state());
         }
     }
 

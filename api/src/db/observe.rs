@@ -169,17 +169,27 @@ fn classify_sqlx(error: &sqlx::Error) -> ErrorKind {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => ErrorKind::Connection,
-        sqlx::Error::Database(error) => match error.code().as_deref() {
-            // PostgreSQL: query_canceled (statement_timeout), lock_not_available.
-            Some("57014" | "55P03") => ErrorKind::Timeout,
-            // PostgreSQL: connection exceptions, shutdown/crash (57P0x), too many connections.
-            Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
-                ErrorKind::Connection
-            }
-            // SQLite: SQLITE_BUSY and SQLITE_LOCKED, plain and extended.
-            Some("5" | "6" | "261" | "262" | "517") => ErrorKind::Timeout,
-            _ => ErrorKind::Other,
-        },
+        sqlx::Error::Database(error) => error
+            .code()
+            .map_or(ErrorKind::Other, |code| sqlstate_kind(&code)),
+        _ => ErrorKind::Other,
+    }
+}
+
+/// What a code the server answered with means: PostgreSQL's SQLSTATE, or SQLite's result code
+/// as sqlx reports it. The one table of them, for both drivers.
+pub fn sqlstate_kind(code: &str) -> ErrorKind {
+    match code {
+        // PostgreSQL: unique_violation.
+        "23505" => ErrorKind::UniqueViolation,
+        // PostgreSQL: query_canceled (statement_timeout), lock_not_available.
+        "57014" | "55P03" => ErrorKind::Timeout,
+        // PostgreSQL: connection exceptions, shutdown/crash (57P0x), too many connections.
+        code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+            ErrorKind::Connection
+        }
+        // SQLite: SQLITE_BUSY and SQLITE_LOCKED, plain and extended.
+        "5" | "6" | "261" | "262" | "517" => ErrorKind::Timeout,
         _ => ErrorKind::Other,
     }
 }

@@ -43,6 +43,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::ErrorKind;
+use super::observe::sqlstate_kind;
 use crate::config::{HealthCheck, PoolConfig};
 
 /// Statements one connection carries at once; more wait (up to the acquire timeout) for a
@@ -80,14 +81,7 @@ impl PgError {
             return ErrorKind::Connection;
         }
         match error.code().map(|code| code.code()) {
-            Some("23505") => ErrorKind::UniqueViolation,
-            // query_canceled (statement_timeout), lock_not_available.
-            Some("57014" | "55P03") => ErrorKind::Timeout,
-            // Connection exceptions, shutdown/crash, too many connections.
-            Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
-                ErrorKind::Connection
-            }
-            Some(_) => ErrorKind::Other,
+            Some(code) => sqlstate_kind(code),
             // No SQLSTATE: the socket failed, or a row did not decode.
             None if std::error::Error::source(error)
                 .is_some_and(|source| source.is::<std::io::Error>()) =>

@@ -62,7 +62,9 @@ pub enum Freshness {
 
 /// The primary's WAL position after everything committed so far: a write's
 /// `Consistency-Token`, read after its commit.
-pub const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0')::int8";
+pub const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0')::int8 AS position";
+/// The column [`PRIMARY_POSITION`] answers in.
+pub const POSITION_COLUMN: &str = "position";
 /// What the replica has replayed (NULL when it is not replaying: promoted, or not a replica).
 const REPLAYED_POSITION: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0')::int8";
 

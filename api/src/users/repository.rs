@@ -1,30 +1,21 @@
-//! Every statement that touches `users`, and its execution through [`observe`]. The
-//! statements are built by pure functions of their inputs (public, so the EXPLAIN tests and the
-//! benchmark run exactly what the service runs).
-
-use std::sync::Arc;
+//! Every statement that touches `users`, each built once by a pure function of its inputs
+//! (public, so the EXPLAIN tests and the benchmark run exactly what the service runs) and run
+//! on either backend through the database wing's executor.
 
 use chrono::{DateTime, Utc};
 use entity::users::{self, Column, Entity as Users};
-use sea_orm::sea_query::{
-    Expr, ExprTrait, Func, PostgresQueryBuilder, Query, UpdateStatement, Value,
-};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query, UpdateStatement, Value};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbBackend, DeleteMany, EntityName, EntityTrait, IdenStatic,
-    Insert, Iterable, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
-    UpdateMany,
+    ColumnTrait, DbBackend, DeleteMany, EntityName, EntityTrait, IdenStatic, Insert, Iterable,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
 };
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::cursor::{Cursor, Order};
-use crate::db::postgres::PgError;
-use crate::db::replica::{self, PRIMARY_POSITION};
+use crate::db::replica::{POSITION_COLUMN, PRIMARY_POSITION};
 use crate::db::{
-    Call, Database, ErrorKind, Freshness, Lsn, Operation, Pipelines, Replica, observe,
-    record_not_found,
+    Database, ErrorKind, ExecError, Freshness, Lsn, Operation, Row, Target, record_not_found,
 };
-use observability::db::Pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -275,46 +266,40 @@ pub mod statements {
     }
 }
 
-/// The statements' execution: on PostgreSQL over the pipelined connections (prepared, but for
-/// name searches), reads on the replica when one is configured and fresh enough; on SQLite
-/// through SeaORM.
+/// The statements' execution, one path for both backends ([`Database::fetch`],
+/// [`Database::execute`]).
 #[derive(Clone)]
 pub struct UserRepository {
-    orm: DatabaseConnection,
-    pg: Option<Arc<Pipelines>>,
-    replica: Option<Arc<Replica>>,
+    db: Database,
 }
 
 impl UserRepository {
     pub fn new(db: &Database) -> Self {
-        Self {
-            orm: db.orm.clone(),
-            pg: db.pg.clone(),
-            replica: db.replica.clone(),
-        }
+        Self { db: db.clone() }
     }
 
-    /// The `pool` label of statements on the primary: only with a replica configured.
-    fn primary(&self) -> Option<Pool> {
-        self.replica.as_ref().map(|_| Pool::Primary)
-    }
-
-    fn backend(&self) -> DbBackend {
-        match self.pg {
-            Some(_) => DbBackend::Postgres,
-            None => self.orm.get_database_backend(),
-        }
-    }
-
-    /// What a statement runs, for its span.
-    fn call<'a>(&self, operation: Operation, sql: &'a str, pool: Option<Pool>) -> Call<'a> {
-        Call {
+    fn target(operation: Operation) -> Target {
+        Target {
             operation,
-            backend: self.backend(),
             collection: Users.table_name(),
-            sql,
-            pool,
         }
+    }
+
+    /// The statement built for the database's dialect.
+    fn build(&self, statement: &impl QueryTrait) -> Statement {
+        statement.build(self.db.backend())
+    }
+
+    /// Runs a statement that returns users.
+    async fn users(
+        &self,
+        operation: Operation,
+        statement: &Statement,
+        freshness: Freshness,
+    ) -> Result<Vec<users::Model>, ErrorKind> {
+        self.db
+            .fetch(Self::target(operation), statement, freshness, user_of)
+            .await
     }
 
     /// The primary's WAL position now, past every commit acknowledged so far: a write's
@@ -322,23 +307,18 @@ impl UserRepository {
     /// it cannot be read (the write is committed all the same; reads with `None` go to the
     /// primary).
     pub async fn committed_position(&self) -> Option<Lsn> {
-        let (pg, Some(_)) = (self.pg.as_ref()?, &self.replica) else {
-            return None;
-        };
-        let operation = Operation::WalPosition;
-        let rows = pg.query(operation.lane(), PRIMARY_POSITION, &[]);
-        let call = self.call(operation, PRIMARY_POSITION, self.primary());
-        let position = observe(call, async {
-            let rows = rows.await?;
-            Ok::<_, PgError>(
-                rows.first()
-                    .map(|row| row.try_get::<_, i64>(0))
-                    .transpose()?,
-            )
-        });
-        match position.await {
-            Ok(Some(position)) => Some(Lsn(position as u64)),
-            Ok(None) | Err(_) => None,
+        self.db.replica.as_ref()?;
+        let statement = Statement::from_string(DbBackend::Postgres, PRIMARY_POSITION);
+        let target = Self::target(Operation::WalPosition);
+        let positions = self
+            .db
+            .fetch(target, &statement, Freshness::Latest, |row| {
+                row.get::<Option<i64>>(POSITION_COLUMN)
+            })
+            .await;
+        match positions.ok()?.first() {
+            Some(Some(position)) => Some(Lsn(*position as u64)),
+            _ => None,
         }
     }
 
@@ -353,24 +333,10 @@ impl UserRepository {
             version: 1,
         };
         // Duplicates are caught by the unique index, never by a racy SELECT beforehand.
-        let insert = statements::insert(&user);
-        let operation = Operation::CreateUser;
-        match &self.pg {
-            Some(pg) => {
-                let statement = insert.build(DbBackend::Postgres);
-                let call = self.call(operation, &statement.sql, self.primary());
-                observe(
-                    call,
-                    pg.execute(operation.lane(), &statement.sql, values(&statement)),
-                )
-                .await?;
-            }
-            None => {
-                let statement = insert.build(self.backend());
-                let call = self.call(operation, &statement.sql, None);
-                observe(call, insert.exec_without_returning(&self.orm)).await?;
-            }
-        }
+        let statement = self.build(&statements::insert(&user));
+        self.db
+            .execute(Self::target(Operation::CreateUser), &statement)
+            .await?;
         Ok(user)
     }
 
@@ -380,9 +346,8 @@ impl UserRepository {
         freshness: Freshness,
     ) -> Result<users::Model, RepoError> {
         let operation = Operation::FindUserById;
-        let found = self
-            .select(operation, statements::find_by_id(id), freshness)
-            .await?;
+        let statement = self.build(&statements::find_by_id(id));
+        let found = self.users(operation, &statement, freshness).await?;
         found
             .into_iter()
             .next()
@@ -395,9 +360,8 @@ impl UserRepository {
         freshness: Freshness,
     ) -> Result<users::Model, RepoError> {
         let operation = Operation::FindUserByEmail;
-        let found = self
-            .select(operation, statements::find_by_email(email), freshness)
-            .await?;
+        let statement = self.build(&statements::find_by_email(email));
+        let found = self.users(operation, &statement, freshness).await?;
         found
             .into_iter()
             .next()
@@ -405,40 +369,14 @@ impl UserRepository {
     }
 
     pub async fn list(&self, query: ListQuery, freshness: Freshness) -> Result<Page, RepoError> {
-        let select = statements::list(self.backend(), &query);
-        let rows = self.select(query.operation(), select, freshness).await?;
+        let statement = self.list_statement(&query);
+        let rows = self.users(query.operation(), &statement, freshness).await?;
         Ok(paginate(rows, &query))
     }
 
     /// The statement `list` runs, for EXPLAIN tests and benchmarks.
     pub fn list_statement(&self, query: &ListQuery) -> Statement {
-        statements::list(self.backend(), query).build(self.backend())
-    }
-
-    /// Runs a SELECT of users, where `freshness` allows.
-    async fn select(
-        &self,
-        operation: Operation,
-        select: Select<Users>,
-        freshness: Freshness,
-    ) -> Result<Vec<users::Model>, ErrorKind> {
-        match &self.pg {
-            Some(pg) => {
-                let statement = select.build(DbBackend::Postgres);
-                replica::route(pg, self.replica.as_deref(), freshness, |pipelines, pool| {
-                    let rows =
-                        pipelines.query(operation.lane(), &statement.sql, values(&statement));
-                    let call = self.call(operation, &statement.sql, pool);
-                    observe(call, async { users_of(rows.await?) })
-                })
-                .await
-            }
-            None => {
-                let statement = select.build(self.backend());
-                let call = self.call(operation, &statement.sql, None);
-                observe(call, select.all(&self.orm)).await
-            }
-        }
+        self.build(&statements::list(self.db.backend(), query))
     }
 
     pub async fn update(
@@ -463,22 +401,11 @@ impl UserRepository {
             }
             Precondition::OneOf(versions) => Some(versions),
         };
-        let operation = Operation::UpdateUser;
-        let updated = match &self.pg {
-            Some(pg) => {
-                let statement = statements::update_returning(id, changes, versions, now())
-                    .build(PostgresQueryBuilder);
-                let rows = pg.query(operation.lane(), &statement.0, &statement.1.0);
-                let call = self.call(operation, &statement.0, self.primary());
-                observe(call, async { users_of(rows.await?) }).await?
-            }
-            None => {
-                let update = statements::update(id, changes, versions, now());
-                let statement = update.clone().build(self.backend());
-                let call = self.call(operation, &statement.sql, None);
-                observe(call, update.exec_with_returning(&self.orm)).await?
-            }
-        };
+        let update = statements::update_returning(id, changes, versions, now());
+        let statement = self.db.backend().build(&update);
+        let updated = self
+            .users(Operation::UpdateUser, &statement, Freshness::Latest)
+            .await?;
         match updated.into_iter().next() {
             Some(user) => Ok(user),
             None => Err(self.why_unmatched(id).await),
@@ -493,24 +420,11 @@ impl UserRepository {
             }
             Precondition::OneOf(versions) => Some(versions),
         };
-        let delete = statements::delete(id, versions);
-        let operation = Operation::DeleteUser;
-        let deleted = match &self.pg {
-            Some(pg) => {
-                let statement = delete.build(DbBackend::Postgres);
-                let call = self.call(operation, &statement.sql, self.primary());
-                observe(
-                    call,
-                    pg.execute(operation.lane(), &statement.sql, values(&statement)),
-                )
-                .await?
-            }
-            None => {
-                let statement = delete.build(self.backend());
-                let call = self.call(operation, &statement.sql, None);
-                observe(call, delete.exec(&self.orm)).await?.rows_affected
-            }
-        };
+        let statement = self.build(&statements::delete(id, versions));
+        let deleted = self
+            .db
+            .execute(Self::target(Operation::DeleteUser), &statement)
+            .await?;
         if deleted == 1 {
             Ok(())
         } else {
@@ -521,61 +435,34 @@ impl UserRepository {
     /// After a conditional write touched no row: was the user missing, or its version wrong?
     async fn why_unmatched(&self, id: Uuid) -> RepoError {
         let operation = Operation::UserVersion;
-        let select = statements::version_of(id);
-        let found = match &self.pg {
-            Some(pg) => {
-                let statement = select.build(DbBackend::Postgres);
-                observe(
-                    self.call(operation, &statement.sql, self.primary()),
-                    async {
-                        Ok::<_, PgError>(
-                            !pg.query(operation.lane(), &statement.sql, values(&statement))
-                                .await?
-                                .is_empty(),
-                        )
-                    },
-                )
-                .await
-            }
-            None => {
-                let statement = select.build(self.backend());
-                let call = self.call(operation, &statement.sql, None);
-                observe(call, select.into_tuple::<i64>().one(&self.orm))
-                    .await
-                    .map(|version| version.is_some())
-            }
-        };
+        let statement = self.build(&statements::version_of(id));
+        let found = self
+            .db
+            .fetch(
+                Self::target(operation),
+                &statement,
+                Freshness::Latest,
+                |row| row.get::<i64>(Column::Version.as_str()),
+            )
+            .await;
         match found {
-            Ok(true) => RepoError::VersionMismatch,
-            Ok(false) => record_not_found(operation).into(),
+            Ok(versions) if !versions.is_empty() => RepoError::VersionMismatch,
+            Ok(_) => record_not_found(operation).into(),
             Err(kind) => kind.into(),
         }
     }
 }
 
-/// A statement's values.
-fn values(statement: &Statement) -> &[Value] {
-    statement
-        .values
-        .as_ref()
-        .map(|values| values.0.as_slice())
-        .unwrap_or_default()
-}
-
-/// Rows of `users`, read by the entity's column names.
-fn users_of(rows: Vec<Row>) -> Result<Vec<users::Model>, PgError> {
-    rows.iter()
-        .map(|row| {
-            Ok(users::Model {
-                id: row.try_get(Column::Id.as_str())?,
-                email: row.try_get(Column::Email.as_str())?,
-                name: row.try_get(Column::Name.as_str())?,
-                created_at: row.try_get(Column::CreatedAt.as_str())?,
-                updated_at: row.try_get(Column::UpdatedAt.as_str())?,
-                version: row.try_get(Column::Version.as_str())?,
-            })
-        })
-        .collect()
+/// A row of `users`, read by the entity's column names.
+fn user_of(row: Row<'_>) -> Result<users::Model, ExecError> {
+    Ok(users::Model {
+        id: row.get(Column::Id.as_str())?,
+        email: row.get(Column::Email.as_str())?,
+        name: row.get(Column::Name.as_str())?,
+        created_at: row.get(Column::CreatedAt.as_str())?,
+        updated_at: row.get(Column::UpdatedAt.as_str())?,
+        version: row.get(Column::Version.as_str())?,
+    })
 }
 
 /// Cuts the extra row off and makes the cursor from the last row kept.
