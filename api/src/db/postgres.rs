@@ -517,36 +517,34 @@ impl Pipelines {
     }
 
     /// The least loaded open connection of `lane` that is not stalled and has room, ties going
-    /// round robin (over the open ones: going round the slots, most of them empty, sent nearly
-    /// everything to the first open one; bench/RESULTS.md).
+    /// round robin. One pass over the slots, on every statement: it borrows each slot's
+    /// connection without counting a reference, and keeps only the best.
     fn place_in(&self, lane: Lane) -> Option<Lease<'_>> {
-        let candidates = || {
-            self.slots.iter().filter_map(move |slot| {
-                let connection = slot.connection()?;
-                (connection.lane == lane && !connection.stalled()).then_some((slot, connection))
-            })
-        };
-        let count = candidates().count();
-        if count == 0 {
-            return None;
-        }
+        let count = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        let rotated = || candidates().skip(start).chain(candidates().take(start));
-        let least_loaded = rotated().min_by_key(|(_, connection)| connection.in_flight());
-        least_loaded
-            .into_iter()
-            .chain(rotated())
-            .find_map(|(slot, connection)| {
-                let place = Arc::clone(&connection.pipeline).try_acquire_owned().ok()?;
-                Some(Lease {
-                    slot,
-                    connection,
-                    _place: place,
-                })
-            })
+        let mut best: Option<(&Slot, usize)> = None;
+        for i in 0..count {
+            let slot = &self.slots[(start + i) % count];
+            let current = slot.current.load();
+            let Some(connection) = current.as_ref() else {
+                continue;
+            };
+            if connection.lane != lane || connection.client.is_closed() || connection.stalled() {
+                continue;
+            }
+            let load = connection.in_flight();
+            if best.is_none_or(|(_, least)| load < least) {
+                best = Some((slot, load));
+                if load == 0 {
+                    break;
+                }
+            }
+        }
+        let (slot, _) = best?;
+        self.place_on(slot)
     }
 
-    /// A place on the connection just opened in `slot`.
+    /// A place on `slot`'s connection, if its pipeline has room.
     fn place_on<'a>(&self, slot: &'a Slot) -> Option<Lease<'a>> {
         let connection = slot.connection()?;
         let place = Arc::clone(&connection.pipeline).try_acquire_owned().ok()?;
