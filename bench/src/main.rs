@@ -78,33 +78,7 @@ enum Command {
     },
     /// One client searching names beside many reading by id, name searches alone, and waits
     /// behind a table lock (`neighbour/RESULTS.md`).
-    Neighbour {
-        #[arg(long, env = "BENCH_DATABASE_URL", default_value = DEFAULT_URL)]
-        database_url: String,
-        #[arg(long, default_value = "userbench_neighbour")]
-        database: String,
-        /// Older users, all named "Perf Person N".
-        #[arg(long, default_value_t = 100_000)]
-        old: u64,
-        /// Newer users, with other names.
-        #[arg(long, default_value_t = 100_000)]
-        new: u64,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(long, default_value_t = 16)]
-        connections: u32,
-        #[arg(long, default_value = "target/release/api")]
-        binary: PathBuf,
-        /// Another build measured the same way, `NAME=PATH` (repeatable).
-        #[arg(long = "build", value_parser = parse_build)]
-        builds: Vec<(String, PathBuf)>,
-        #[arg(long)]
-        skip_seed: bool,
-        #[arg(long, default_value = "bench/neighbour")]
-        out: PathBuf,
-    },
+    Neighbour(neighbour::Settings),
     /// A few seconds on a small database: proves the tool works, measures nothing (CI).
     Smoke {
         /// The api binary to run (a debug build is fine here).
@@ -115,7 +89,7 @@ enum Command {
     },
 }
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
 
 #[derive(Args, Clone)]
 struct Common {
@@ -146,7 +120,7 @@ struct RunArgs {
     /// Client connections of the overload check (get by id, shipped settings); 0 to skip.
     #[arg(long, default_value_t = 256)]
     high_connections: u32,
-    /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N,
+    /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, warm-N,
     /// pgbouncer, unprepared, replica, or the name of a `--build`.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
@@ -190,35 +164,7 @@ async fn main() -> Result<()> {
             binary,
             database_url,
         } => smoke(binary, database_url).await,
-        Command::Neighbour {
-            database_url,
-            database,
-            old,
-            new,
-            seconds,
-            rounds,
-            connections,
-            binary,
-            builds,
-            skip_seed,
-            out,
-        } => {
-            let mut binaries = vec![("this build".to_owned(), binary)];
-            binaries.extend(builds);
-            neighbour::run(&neighbour::Settings {
-                admin_url: database_url,
-                database,
-                old,
-                new,
-                seconds,
-                rounds,
-                connections,
-                binaries,
-                skip_seed,
-                out,
-            })
-            .await
-        }
+        Command::Neighbour(settings) => neighbour::run(&settings).await,
         Command::Explain { common } => {
             let indexed = seed::with_database(&common.database_url, &common.database);
             let noidx =
@@ -261,7 +207,7 @@ fn database_user(url: &str) -> String {
         .to_owned()
 }
 
-fn parse_build(text: &str) -> Result<(String, PathBuf), String> {
+pub fn parse_build(text: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = text
         .split_once('=')
         .ok_or_else(|| format!("{text}: expected NAME=PATH"))?;
@@ -404,8 +350,9 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             .strip_prefix("pool-")
             .and_then(|n| n.parse::<u32>().ok())
         {
-            // N connections for reads and N for writes, all open: on PostgreSQL the warm
-            // connections carry the load (pipelined), so the minimum is what is measured.
+            // N connections for point reads and N for writes (and one for scans), all open: on
+            // PostgreSQL the warm connections carry the load (pipelined), so the minimum is what
+            // is measured.
             Some(size) => Config {
                 name: name.into(),
                 indexed: true,
@@ -414,16 +361,30 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
                 pgbouncer: false,
                 replica: false,
                 env: vec![
-                    ("DB_MAX_CONNECTIONS".into(), (2 * size).to_string()),
-                    ("DB_MIN_CONNECTIONS".into(), (2 * size).to_string()),
+                    ("DB_MAX_CONNECTIONS".into(), (2 * size + 1).to_string()),
+                    ("DB_MIN_CONNECTIONS".into(), (2 * size + 1).to_string()),
                     ("DB_READ_CONNECTIONS".into(), size.to_string()),
                 ],
             },
-            None => {
-                bail!(
-                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, pgbouncer, unprepared, replica or a --build name"
-                )
-            }
+            None => match other
+                .strip_prefix("warm-")
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                // The shipped defaults with N warm connections (`DB_MIN_CONNECTIONS`): one for
+                // point reads, one for scans, the rest for writes.
+                Some(warm) => Config {
+                    name: name.into(),
+                    indexed: true,
+                    postgres: Settings::Server,
+                    binary: None,
+                    pgbouncer: false,
+                    replica: false,
+                    env: vec![("DB_MIN_CONNECTIONS".into(), warm.to_string())],
+                },
+                None => bail!(
+                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, warm-N, pgbouncer, unprepared, replica or a --build name"
+                ),
+            },
         },
     })
 }
@@ -940,7 +901,7 @@ impl Bench<'_> {
         }
         .encode();
         let prefixes: Vec<String> = data::PREFIXES.iter().map(|p| format!("\"{p}\"")).collect();
-        let lua = include_str!("../scripts/load.lua")
+        let lua = wrk_script(include_str!("../scripts/load.lua"))
             .replace("{{USERS}}", &self.common.users.to_string())
             .replace("{{BASE_MS}}", &data::BASE_MS.to_string())
             .replace("{{STEP_MS}}", &data::STEP_MS.to_string())
@@ -984,6 +945,12 @@ impl Bench<'_> {
         )
         .await
     }
+}
+
+/// A wrk script with the summary every load ends with (`scripts/summary.lua`), which
+/// [`load::wrk`] reads.
+pub fn wrk_script(script: &str) -> String {
+    format!("{script}\n{}", include_str!("../scripts/summary.lua"))
 }
 
 fn quoted(words: &[&str]) -> String {

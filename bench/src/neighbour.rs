@@ -4,7 +4,7 @@
 //!
 //! The table: `old` users named "Perf Person N", then `new` newer users with other names
 //! sharing real stems ("Mar", "Jo", "Al"), as sign-ups drift: the shape where newest-first
-//! prefix search had no good plan. Each build in `binaries` runs the same rounds; within a
+//! prefix search had no good plan. This build and each `--build` run the same rounds; within a
 //! round, alone and with the neighbour alternate (the order flips every round), so a ratio's two
 //! numbers are measured seconds apart.
 
@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::{self, Connection, Executor, PgConnection};
 
 use crate::load::{self, Measured};
-use crate::seed::with_database;
+use crate::seed::{recreate, with_database};
 use crate::service::{self, Service};
 
 /// The neighbour's searches, one at a time, at most this often.
@@ -34,18 +34,33 @@ const STATEMENT_TIMEOUT_MS: &str = "2000";
 const LOCK_HELD: Duration = Duration::from_secs(6);
 const LOCKED_REQUESTS: usize = 12;
 
+#[derive(clap::Args)]
 pub struct Settings {
-    pub admin_url: String,
-    pub database: String,
-    pub old: u64,
-    pub new: u64,
-    pub seconds: u64,
-    pub rounds: usize,
-    pub connections: u32,
-    /// `(name, binary)`, measured in this order.
-    pub binaries: Vec<(String, PathBuf)>,
-    pub skip_seed: bool,
-    pub out: PathBuf,
+    #[arg(long, env = "BENCH_DATABASE_URL", default_value = crate::DEFAULT_URL)]
+    database_url: String,
+    #[arg(long, default_value = "userbench_neighbour")]
+    database: String,
+    /// Older users, all named "Perf Person N".
+    #[arg(long, default_value_t = 100_000)]
+    old: u64,
+    /// Newer users, with other names.
+    #[arg(long, default_value_t = 100_000)]
+    new: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    #[arg(long, default_value = "target/release/api")]
+    binary: PathBuf,
+    /// Another build measured the same way, `NAME=PATH` (repeatable).
+    #[arg(long = "build", value_parser = crate::parse_build)]
+    builds: Vec<(String, PathBuf)>,
+    #[arg(long)]
+    skip_seed: bool,
+    #[arg(long, default_value = "bench/neighbour")]
+    out: PathBuf,
 }
 
 struct Round {
@@ -65,7 +80,7 @@ struct BuildResult {
 }
 
 pub async fn run(settings: &Settings) -> Result<()> {
-    let url = with_database(&settings.admin_url, &settings.database);
+    let url = with_database(&settings.database_url, &settings.database);
     if !settings.skip_seed {
         seed(settings, &url).await?;
     }
@@ -75,12 +90,15 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let script = dir.path().join("get_by_id.lua");
     std::fs::write(
         &script,
-        include_str!("../scripts/get_by_id.lua").replace("{{IDS}}", &ids.display().to_string()),
+        crate::wrk_script(include_str!("../scripts/get_by_id.lua"))
+            .replace("{{IDS}}", &ids.display().to_string()),
     )?;
+    let binaries = std::iter::once(("this build".to_owned(), settings.binary.clone()))
+        .chain(settings.builds.iter().cloned());
     let mut results = Vec::new();
-    for (name, binary) in &settings.binaries {
+    for (name, binary) in binaries {
         eprintln!("neighbour: {name}");
-        results.push(measure_build(settings, &url, name, binary, &script).await?);
+        results.push(measure_build(settings, &url, &name, &binary, &script).await?);
     }
     std::fs::create_dir_all(&settings.out)?;
     let path = settings.out.join("RESULTS.md");
@@ -91,18 +109,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
 
 async fn seed(settings: &Settings, url: &str) -> Result<()> {
     let database = &settings.database;
-    let mut admin = PgConnection::connect(&settings.admin_url)
-        .await
-        .context("connect to PostgreSQL")?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-        )))
-        .await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-        .await?;
-    admin.close().await?;
+    recreate(&settings.database_url, database).await?;
     let db = sea_orm::Database::connect(url).await?;
     Migrator::up(&db, None).await?;
     db.close().await?;
@@ -126,9 +133,12 @@ async fn seed(settings: &Settings, url: &str) -> Result<()> {
                 t, t, 1
          FROM generate_series(1, {new}) AS g,
               LATERAL (SELECT now() - interval '100 days' + g * interval '10 ms' AS t) AS at;
-         VACUUM ANALYZE users;"
+         -- The prefix index the name-order migration replaced, so a build from before it
+         -- (a `--build`) searches as it did on its own schema.
+         CREATE INDEX users_name_lower_prefix_idx ON users (lower(name) text_pattern_ops);"
     )))
     .await?;
+    conn.execute("VACUUM ANALYZE users").await?;
     Ok(())
 }
 

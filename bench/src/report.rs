@@ -358,7 +358,7 @@ fn pool_sweep(md: &mut String, report: &Report) -> Result<()> {
     const SCENARIOS: [&str; 3] = ["get by id", "create", "mix 80/20"];
     writeln!(
         md,
-        "## Connection sweep ({} client connections, shipped settings but N connections for reads and N for writes: `DB_READ_CONNECTIONS` = N, `DB_MIN_CONNECTIONS` = `DB_MAX_CONNECTIONS` = 2N)\n",
+        "## Connection sweep ({} client connections, shipped settings but N connections for point reads, N for writes and one for scans: `DB_READ_CONNECTIONS` = N, `DB_MIN_CONNECTIONS` = `DB_MAX_CONNECTIONS` = 2N + 1)\n",
         report.connections
     )?;
     let mut header = "| N |".to_owned();

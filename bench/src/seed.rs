@@ -25,7 +25,8 @@ pub fn with_database(url: &str, database: &str) -> String {
     format!("{}/{database}{query}", &base[..cut])
 }
 
-pub async fn seed(admin_url: &str, database: &str, users: u64, indexes: bool) -> Result<()> {
+/// Drops `database` if it exists and creates it empty; its URL.
+pub async fn recreate(admin_url: &str, database: &str) -> Result<String> {
     let mut admin = PgConnection::connect(admin_url)
         .await
         .context("connect to PostgreSQL")?;
@@ -38,8 +39,11 @@ pub async fn seed(admin_url: &str, database: &str, users: u64, indexes: bool) ->
         .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
         .await?;
     admin.close().await?;
+    Ok(with_database(admin_url, database))
+}
 
-    let url = with_database(admin_url, database);
+pub async fn seed(admin_url: &str, database: &str, users: u64, indexes: bool) -> Result<()> {
+    let url = recreate(admin_url, database).await?;
     let db = sea_orm::Database::connect(&url).await?;
     MigratorWithoutIndexes::up(&db, None).await?;
 

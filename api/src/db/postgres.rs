@@ -301,6 +301,9 @@ pub struct Pipelines {
     opening: [Mutex<()>; 3],
     /// Round-robin position among equally loaded connections.
     next: AtomicUsize,
+    /// How many of the first slots have ever held a connection: connections open in the first
+    /// empty slot, so the others need no look.
+    used: AtomicUsize,
     /// Woken when a statement is answered or a connection opens or goes, for statements
     /// waiting for a place; `waiting` counts them, so nothing is woken when none wait.
     changed: Notify,
@@ -352,6 +355,7 @@ impl Pipelines {
             lanes: Lanes::new(pool),
             opening: Default::default(),
             next: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
             changed: Notify::new(),
             waiting: AtomicUsize::new(0),
             config,
@@ -520,7 +524,7 @@ impl Pipelines {
     /// round robin. One pass over the slots, on every statement: it borrows each slot's
     /// connection without counting a reference, and keeps only the best.
     fn place_in(&self, lane: Lane) -> Option<Lease<'_>> {
-        let count = self.slots.len();
+        let count = self.used.load(Ordering::Acquire).clamp(1, self.slots.len());
         let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
         let mut best: Option<(&Slot, usize)> = None;
         for i in 0..count {
@@ -556,12 +560,25 @@ impl Pipelines {
     }
 
     /// An empty slot the lane may open a connection in, with the lane's opening lock; `None`
-    /// when the lane holds its share, every slot is taken, or another statement is opening one
-    /// for the lane (it will have room for this one too).
+    /// when the lane holds its share, when the last free slots are kept for lanes that have no
+    /// connection (point reads always get one, however many writes a lock holds), or when
+    /// another statement is opening one for the lane (it will have room for this one too).
     fn room_for(&self, lane: Lane) -> Option<(Reserved<'_>, tokio::sync::MutexGuard<'_, ()>)> {
         let opening = self.opening[lane as usize].try_lock().ok()?;
-        let open = self.open_in(lane).count();
-        if open >= self.lanes.most[lane as usize] {
+        let mut open = [0; 3];
+        for connection in self.slots.iter().filter_map(Slot::connection) {
+            open[connection.lane as usize] += 1;
+        }
+        if open[lane as usize] >= self.lanes.most[lane as usize] {
+            return None;
+        }
+        let free = self.slots.len() - open.iter().sum::<usize>();
+        let kept = LANES
+            .iter()
+            .filter(|&&other| other != lane && self.lanes.uses(other) == other)
+            .filter(|&&other| open[other as usize] == 0)
+            .count();
+        if free <= kept {
             return None;
         }
         let slot = self.slots.iter().find_map(Slot::reserve)?;
@@ -622,6 +639,7 @@ impl Pipelines {
             driver,
         });
         slot.current.store(Some(connection));
+        self.used.fetch_max(index + 1, Ordering::AcqRel);
         self.wake();
         Ok(slot)
     }

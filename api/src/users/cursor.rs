@@ -95,9 +95,14 @@ impl Cursor {
         let at = DateTime::from_timestamp_micros(micros.clamp(MIN_MICROS, max_micros))
             .ok_or(InvalidCursor)?;
         let id = Uuid::from_slice(&key[8..]).map_err(|_| InvalidCursor)?;
-        // Only a tampered cursor carries bytes that are not UTF-8: they are left out (not
-        // replaced, which would lengthen it), and it still names a position.
-        let name = name.utf8_chunks().map(|chunk| chunk.valid()).collect();
+        // Only a tampered cursor carries bytes that are not UTF-8, or NUL (no name has one, and
+        // PostgreSQL refuses it in text): they are left out (not replaced, which would lengthen
+        // it), and it still names a position.
+        let name = name
+            .utf8_chunks()
+            .flat_map(|chunk| chunk.valid().chars())
+            .filter(|&c| c != '\0')
+            .collect();
         Ok(Cursor { at, id, name })
     }
 }
@@ -156,6 +161,14 @@ mod tests {
             assert!(pattern().is_match(&text), "{text}");
             assert_eq!(Cursor::decode(&text), Ok(cursor));
         }
+    }
+
+    #[test]
+    fn a_tampered_name_loses_what_no_name_holds() {
+        let mut bytes = vec![0u8; KEY_BYTES];
+        bytes.extend_from_slice(b"a\0b\xffc");
+        let cursor = Cursor::decode(&ENGINE.encode(bytes)).unwrap();
+        assert_eq!(cursor.name, "abc");
     }
 
     #[test]
