@@ -284,7 +284,7 @@ impl Slot {
     }
 }
 
-/// An empty slot a connection is opening in, with its lane's opening lock.
+/// An empty slot a connection is opening in; free again when this goes.
 struct Reserved<'a>(&'a Slot);
 
 impl Drop for Reserved<'_> {
@@ -431,7 +431,7 @@ impl Pipelines {
     }
 
     /// Runs `call`, the statement `sql` with `values`, on a leased connection: at most the
-    /// acquire timeout to get a place, at most [`Self::answer_within`] for the answer.
+    /// acquire timeout to get a place, at most `answer_within` for the answer.
     async fn run<T, F, Fut>(
         &self,
         lane: Lane,
