@@ -346,46 +346,36 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             pool.env.push(("REDIS_URL".into(), cache::url()));
             pool
         }
-        other => match other
-            .strip_prefix("pool-")
-            .and_then(|n| n.parse::<u32>().ok())
-        {
-            // N connections for point reads and N for writes (and one for scans), all open: on
-            // PostgreSQL the warm connections carry the load (pipelined), so the minimum is what
-            // is measured.
-            Some(size) => Config {
-                name: name.into(),
-                indexed: true,
-                postgres: Settings::Server,
-                binary: None,
-                pgbouncer: false,
-                replica: false,
-                env: vec![
+        other => {
+            let numbered = |prefix: &str| {
+                other
+                    .strip_prefix(prefix)
+                    .and_then(|n| n.parse::<u32>().ok())
+            };
+            let env = if let Some(size) = numbered("pool-") {
+                // N connections for point reads and N for writes (and one for scans), all open:
+                // on PostgreSQL the warm connections carry the load (pipelined), so the minimum
+                // is what is measured.
+                vec![
                     ("DB_MAX_CONNECTIONS".into(), (2 * size + 1).to_string()),
                     ("DB_MIN_CONNECTIONS".into(), (2 * size + 1).to_string()),
                     ("DB_READ_CONNECTIONS".into(), size.to_string()),
-                ],
-            },
-            None => match other
-                .strip_prefix("warm-")
-                .and_then(|n| n.parse::<u32>().ok())
-            {
-                // The shipped defaults with N warm connections (`DB_MIN_CONNECTIONS`): one for
-                // point reads, one for scans, the rest for writes.
-                Some(warm) => Config {
-                    name: name.into(),
-                    indexed: true,
-                    postgres: Settings::Server,
-                    binary: None,
-                    pgbouncer: false,
-                    replica: false,
-                    env: vec![("DB_MIN_CONNECTIONS".into(), warm.to_string())],
-                },
-                None => bail!(
+                ]
+            } else if let Some(warm) = numbered("warm-") {
+                // N warm connections (`DB_MIN_CONNECTIONS`): one for point reads, one for
+                // scans, the rest for writes.
+                vec![("DB_MIN_CONNECTIONS".into(), warm.to_string())]
+            } else {
+                bail!(
                     "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, warm-N, pgbouncer, unprepared, replica or a --build name"
-                ),
-            },
-        },
+                )
+            };
+            Config {
+                name: name.into(),
+                env,
+                ..config("tuned", run)?
+            }
+        }
     })
 }
 
@@ -564,7 +554,7 @@ async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         }
     }
     if configs.iter().any(|c| c.name == "before") {
-        eprintln!("the upgrade: optimize_indexes under a write load");
+        eprintln!("the upgrade: the index migrations under a write load");
         report.upgrade = Some(bench.upgrade(&urls.noidx).await?);
     }
     Ok(report)
