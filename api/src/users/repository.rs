@@ -150,12 +150,11 @@ pub mod statements {
         if let Some(after) = &query.after {
             // A row-value comparison: PostgreSQL turns it into one index range, where the
             // expanded `a < x OR (a = x AND b < y)` form filters over the whole index.
-            let id = Expr::col(Column::Id);
+            let row = || Expr::tuple([Expr::col(time_key), Expr::col(Column::Id)]);
+            let bound = || Expr::tuple([Expr::val(after.at), Expr::val(after.id)]);
             select = select.filter(match order {
-                Order::CreatedDesc => Expr::tuple([Expr::col(time_key), id])
-                    .lt(Expr::tuple([Expr::val(after.at), Expr::val(after.id)])),
-                Order::UpdatedAsc => Expr::tuple([Expr::col(time_key), id])
-                    .gt(Expr::tuple([Expr::val(after.at), Expr::val(after.id)])),
+                Order::CreatedDesc => row().lt(bound()),
+                Order::UpdatedAsc => row().gt(bound()),
                 Order::NameAsc => Expr::cust_with_values(
                     format!(
                         "({}, id) > ({}, {})",
