@@ -18,14 +18,17 @@ use crate::online_index::{
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
+/// Case-insensitive prefix search. `text_pattern_ops` because a default-opclass btree on
+/// `lower(name)` cannot serve a prefix range under a non-C collation. (`name_order_index`
+/// replaces it.)
+pub const NAME_PREFIX: Index = Index {
+    name: "users_name_lower_prefix_idx",
+    postgres: "ON users (lower(name) text_pattern_ops)",
+    sqlite: "ON users (lower(name))",
+};
+
 const INDEXES: [Index; 3] = [
-    // Case-insensitive prefix search. `text_pattern_ops` because a default-opclass btree on
-    // `lower(name)` cannot serve a prefix range under a non-C collation.
-    Index {
-        name: "users_name_lower_prefix_idx",
-        postgres: "ON users (lower(name) text_pattern_ops)",
-        sqlite: "ON users (lower(name))",
-    },
+    NAME_PREFIX,
     // Keyset pagination, newest first (scanned backwards).
     Index {
         name: "users_created_at_id_idx",

@@ -10,6 +10,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+use crate::m20260101_000002_optimize_indexes::NAME_PREFIX;
 use crate::online_index::{
     Index, build_concurrently, dedicated, drop_concurrently, with_lock_retries,
 };
@@ -23,13 +24,6 @@ const NAME_ORDER: Index = Index {
     sqlite: "ON users (lower(name), id)",
 };
 
-/// The index migration 2 built for the prefix range alone.
-const PREFIX_ONLY: Index = Index {
-    name: "users_name_lower_prefix_idx",
-    postgres: "ON users (lower(name) text_pattern_ops)",
-    sqlite: "ON users (lower(name))",
-};
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     /// `CREATE INDEX CONCURRENTLY` cannot run inside a transaction.
@@ -39,11 +33,11 @@ impl MigrationTrait for Migration {
 
     /// The new index first, so searches always have one.
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        replace(manager, &NAME_ORDER, &PREFIX_ONLY).await
+        replace(manager, &NAME_ORDER, &NAME_PREFIX).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        replace(manager, &PREFIX_ONLY, &NAME_ORDER).await
+        replace(manager, &NAME_PREFIX, &NAME_ORDER).await
     }
 }
 

@@ -565,10 +565,7 @@ impl Pipelines {
     /// another statement is opening one for the lane (it will have room for this one too).
     fn room_for(&self, lane: Lane) -> Option<(Reserved<'_>, tokio::sync::MutexGuard<'_, ()>)> {
         let opening = self.opening[lane as usize].try_lock().ok()?;
-        let mut open = [0; 3];
-        for connection in self.slots.iter().filter_map(Slot::connection) {
-            open[connection.lane as usize] += 1;
-        }
+        let open = self.open_per_lane();
         if open[lane as usize] >= self.lanes.most[lane as usize] {
             return None;
         }
@@ -585,12 +582,13 @@ impl Pipelines {
         Some((slot, opening))
     }
 
-    /// The open connections of `lane`.
-    fn open_in(&self, lane: Lane) -> impl Iterator<Item = Arc<Connection>> + '_ {
-        self.slots
-            .iter()
-            .filter_map(Slot::connection)
-            .filter(move |connection| connection.lane == lane)
+    /// How many connections each lane has open.
+    fn open_per_lane(&self) -> [usize; 3] {
+        let mut open = [0; 3];
+        for connection in self.slots.iter().filter_map(Slot::connection) {
+            open[connection.lane as usize] += 1;
+        }
+        open
     }
 
     /// `DB_TEST_BEFORE_ACQUIRE`: pings a connection before use when asked to; a failed ping
@@ -679,8 +677,9 @@ impl Pipelines {
 
     /// Opens each lane's warm connections that are not open.
     async fn open_warm(&self) -> Result<(), PgError> {
+        let open = self.open_per_lane();
         for lane in LANES {
-            let missing = self.lanes.warm[lane as usize].saturating_sub(self.open_in(lane).count());
+            let missing = self.lanes.warm[lane as usize].saturating_sub(open[lane as usize]);
             for _ in 0..missing {
                 let Some((reserved, _opening)) = self.room_for(lane) else {
                     break;
