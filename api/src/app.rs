@@ -8,13 +8,14 @@ use observability::metrics::Metrics;
 use poem::endpoint::BoxEndpoint;
 use poem::{EndpointExt, Route};
 use poem_openapi::{OpenApiService, OperationId};
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::DatabaseConnection;
 
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::{self, Database, Operation};
 use crate::health::HealthApi;
 use crate::http::auth::{Guard, Tokens};
+use crate::http::client_address::ResolveClient;
 use crate::http::headers::{SecurityHeaders, cors};
 use crate::http::rate_limit::RateLimit;
 use crate::http::spec::{Auth, DOCS_PATH, SPEC_PATH, Spec};
@@ -35,10 +36,10 @@ pub struct App {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot connect to the database: {0}")]
-    Connect(#[source] DbErr),
+    Connect(#[source] db::ConnectFailure),
     #[error("cannot apply migrations: {0}")]
-    Migrate(#[source] DbErr),
-    #[error("invalid REDIS_URL: {0}")]
+    Migrate(#[source] db::MigrateError),
+    #[error("cache (REDIS_URL): {0}")]
     Cache(#[source] redis::RedisError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
@@ -49,7 +50,9 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
         .await
         .map_err(StartupError::Connect)?;
     if config.run_migrations {
-        db::migrate(&db.orm).await.map_err(StartupError::Migrate)?;
+        db.migrate(config.migration_lock_timeout)
+            .await
+            .map_err(StartupError::Migrate)?;
     }
     let metrics = Metrics::install();
     Operation::register_all();
@@ -154,6 +157,7 @@ fn routes(config: &Config, db: Database, cache: Option<Cache>) -> BoxEndpoint<'s
     )
     .with_if(cors.is_some(), cors.unwrap_or_default())
     .with(SecurityHeaders::new(&csp))
+    .with(ResolveClient::new(&config.trusted_proxies))
     .with(observability::http::Observe::new(move |response| {
         let operation = response.data::<OperationId>()?;
         templates.get(operation.0).cloned()

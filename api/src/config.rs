@@ -5,18 +5,33 @@
 //! naming the variable, the value and what was expected, so start-up fails with one readable
 //! line.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+use ipnet::IpNet;
+pub use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 pub use observability::telemetry::LogFormat;
 
 pub use migration::DEFAULT_DATABASE_URL;
 
+/// Everything that holds a secret (a URL's password, a token) is a [`SecretString`] or a
+/// [`TokenDigest`]: `Debug` of a `Config` shows neither.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub database_url: String,
+    pub database_url: SecretString,
+    /// Migrations and their lock go here when set (the database itself, where `DATABASE_URL`
+    /// leads through a pooler); else to `DATABASE_URL`.
+    pub migration_url: Option<SecretString>,
+    /// How long an instance waits for another's migrations before it gives up.
+    pub migration_lock_timeout: Duration,
+    /// `application_name` of every PostgreSQL connection whose URL names none.
+    pub application_name: String,
     pub pool: PoolConfig,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -29,8 +44,11 @@ pub struct Config {
     pub otel_endpoint: Option<String>,
     pub otel_service_name: String,
     pub shutdown_grace: Duration,
-    pub api_tokens: Vec<String>,
-    pub api_read_tokens: Vec<String>,
+    pub api_tokens: Vec<TokenDigest>,
+    pub api_read_tokens: Vec<TokenDigest>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` are believed (the load balancer's
+    /// addresses); empty: the client is the peer.
+    pub trusted_proxies: Vec<IpNet>,
     pub cors_allowed_origins: Vec<String>,
     pub rate_limit_per_second: Option<NonZeroU32>,
     /// `None`: no cache, every read goes to the database.
@@ -43,7 +61,7 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     /// `postgres://` or `postgresql://`; its pool has the primary's `DB_*` settings.
-    pub url: String,
+    pub url: SecretString,
     /// Reads go to the replica only while it is at most this far behind the primary.
     pub max_lag: Duration,
 }
@@ -52,7 +70,10 @@ pub struct ReplicaConfig {
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
     /// `redis://` or `rediss://`, with the password when Redis asks for one.
-    pub url: String,
+    pub url: SecretString,
+    /// `rediss://`: the CA certificates (PEM) that sign the server's, in place of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
     /// The lifetime of an entry (and of a deleted user's tombstone).
     pub ttl: Duration,
     /// A cache call slower than this is abandoned and the request goes to the database.
@@ -90,6 +111,27 @@ impl PoolConfig {
             .map_or(self.acquire_timeout, |timeout| {
                 timeout + Duration::from_secs(1)
             })
+    }
+}
+
+/// The SHA-256 digest of an API token: all the service keeps of it, from the moment it is
+/// read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenDigest(..)")
     }
 }
 
@@ -188,19 +230,28 @@ impl Config {
         let cache_ttl = env.secs("CACHE_TTL_SECS", 300, 1)?;
         let cache_timeout =
             Duration::from_millis(env.number("CACHE_TIMEOUT_MS", 50, 1, 60_000)?.into());
+        let cache_ca_file = env.raw("REDIS_CA_FILE").map(PathBuf::from);
         let cache = env.redis_url()?.map(|url| CacheConfig {
-            url,
+            url: url.into(),
+            ca_file: cache_ca_file,
             ttl: cache_ttl,
             timeout: cache_timeout,
         });
         // Checked even without DATABASE_READ_URL, as the cache's settings are.
         let max_lag =
             Duration::from_millis(env.number("DB_READ_MAX_LAG_MS", 1000, 0, 3_600_000)?.into());
-        let replica = env
-            .read_url(&database_url)?
-            .map(|url| ReplicaConfig { url, max_lag });
+        let replica = env.read_url(&database_url)?.map(|url| ReplicaConfig {
+            url: url.into(),
+            max_lag,
+        });
+        let migration_url = env.migration_url(&database_url)?.map(SecretString::from);
         Ok(Self {
-            database_url,
+            database_url: database_url.into(),
+            migration_url,
+            migration_lock_timeout: env.secs("DB_MIGRATION_LOCK_TIMEOUT_SECS", 300, 1)?,
+            application_name: env
+                .raw("DB_APPLICATION_NAME")
+                .unwrap_or_else(|| "user-service".to_owned()),
             pool,
             cache,
             replica,
@@ -227,8 +278,9 @@ impl Config {
                 .raw("OTEL_SERVICE_NAME")
                 .unwrap_or_else(|| "user-service".to_owned()),
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 20, 0)?,
-            api_tokens: env.list("API_TOKENS"),
-            api_read_tokens: env.list("API_READ_TOKENS"),
+            api_tokens: env.tokens(("API_TOKENS", "API_TOKENS_FILE"))?,
+            api_read_tokens: env.tokens(("API_READ_TOKENS", "API_READ_TOKENS_FILE"))?,
+            trusted_proxies: env.networks("TRUSTED_PROXIES")?,
             cors_allowed_origins: env.list("CORS_ALLOWED_ORIGINS"),
             rate_limit_per_second: match env.raw("RATE_LIMIT_PER_SECOND") {
                 None => None,
@@ -238,7 +290,7 @@ impl Config {
     }
 
     pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
+        self.database_url.expose_secret().starts_with("sqlite:")
     }
 }
 
@@ -258,7 +310,7 @@ impl Env<'_> {
 
     fn database_url(&self) -> Result<String, ConfigError> {
         let url = self.url(
-            "DATABASE_URL",
+            ("DATABASE_URL", "DATABASE_URL_FILE"),
             &["postgres://", "postgresql://", "sqlite:"],
             "a postgres://, postgresql:// or sqlite: URL",
         )?;
@@ -267,18 +319,35 @@ impl Env<'_> {
 
     /// The replica's URL: PostgreSQL, and only beside a PostgreSQL primary.
     fn read_url(&self, database_url: &str) -> Result<Option<String>, ConfigError> {
-        const EXPECTED: &str = "a postgres:// or postgresql:// URL";
+        self.postgres_only(
+            ("DATABASE_READ_URL", "DATABASE_READ_URL_FILE"),
+            database_url,
+        )
+    }
+
+    /// The migrations' direct URL: PostgreSQL, and only beside a PostgreSQL primary.
+    fn migration_url(&self, database_url: &str) -> Result<Option<String>, ConfigError> {
+        self.postgres_only(
+            ("DATABASE_MIGRATION_URL", "DATABASE_MIGRATION_URL_FILE"),
+            database_url,
+        )
+    }
+
+    fn postgres_only(
+        &self,
+        names: (&'static str, &'static str),
+        database_url: &str,
+    ) -> Result<Option<String>, ConfigError> {
         let url = self.url(
-            "DATABASE_READ_URL",
+            names,
             &["postgres://", "postgresql://"],
-            EXPECTED,
+            "a postgres:// or postgresql:// URL",
         )?;
         if url.is_some() && database_url.starts_with("sqlite:") {
             return Err(ConfigError {
-                variable: "DATABASE_READ_URL",
+                variable: names.0,
                 value: "(set)".to_owned(),
-                expected: "unset while DATABASE_URL is SQLite (a replica needs PostgreSQL)"
-                    .to_owned(),
+                expected: "unset while DATABASE_URL is SQLite".to_owned(),
             });
         }
         Ok(url)
@@ -286,23 +355,46 @@ impl Env<'_> {
 
     fn redis_url(&self) -> Result<Option<String>, ConfigError> {
         self.url(
-            "REDIS_URL",
+            ("REDIS_URL", "REDIS_URL_FILE"),
             &["redis://", "rediss://"],
             "a redis:// or rediss:// URL",
         )
     }
 
-    /// A URL with one of `schemes`, when set.
+    /// A secret given in `names.0`, or in the file `names.1` names (the Docker and Kubernetes
+    /// secrets convention; one trailing newline is not part of it). Both set is an error.
+    fn secret(&self, names: (&'static str, &'static str)) -> Result<Option<String>, ConfigError> {
+        let (variable, file_variable) = names;
+        match (self.raw(variable), self.raw(file_variable)) {
+            (Some(_), Some(_)) => Err(ConfigError {
+                variable,
+                value: "(set)".to_owned(),
+                expected: format!("{variable} or {file_variable}, not both"),
+            }),
+            (Some(value), None) => Ok(Some(value)),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(value) => Ok(Some(value.trim().to_owned()).filter(|value| !value.is_empty())),
+                Err(error) => Err(ConfigError {
+                    variable: file_variable,
+                    value: path,
+                    expected: format!("a readable file ({error})"),
+                }),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// A secret URL with one of `schemes`, when set.
     fn url(
         &self,
-        variable: &'static str,
+        names: (&'static str, &'static str),
         schemes: &[&str],
         expected: &str,
     ) -> Result<Option<String>, ConfigError> {
-        match self.raw(variable) {
+        match self.secret(names)? {
             Some(url) if !schemes.iter().any(|scheme| url.starts_with(scheme)) => {
                 Err(ConfigError {
-                    variable,
+                    variable: names.0,
                     // The URL may hold a password: show only its scheme.
                     value: url.split(':').next().unwrap_or_default().to_owned() + ":...",
                     expected: expected.to_owned(),
@@ -310,6 +402,35 @@ impl Env<'_> {
             }
             url => Ok(url),
         }
+    }
+
+    /// Tokens, comma- or line-separated, digested as they are read.
+    fn tokens(&self, names: (&'static str, &'static str)) -> Result<Vec<TokenDigest>, ConfigError> {
+        Ok(self
+            .secret(names)?
+            .unwrap_or_default()
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .map(TokenDigest::of)
+            .collect())
+    }
+
+    /// Comma-separated CIDRs (a bare address is one host).
+    fn networks(&self, variable: &'static str) -> Result<Vec<IpNet>, ConfigError> {
+        self.list(variable)
+            .into_iter()
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| ConfigError {
+                        variable,
+                        value: item,
+                        expected: "comma-separated addresses or CIDRs such as 10.0.0.0/8"
+                            .to_owned(),
+                    })
+            })
+            .collect()
     }
 
     fn number(
@@ -401,7 +522,14 @@ mod tests {
     #[test]
     fn defaults_are_the_tuned_ones() {
         let config = parse(&[]).unwrap();
-        assert_eq!(config.database_url, "sqlite://data/users.db?mode=rwc");
+        assert_eq!(
+            config.database_url.expose_secret(),
+            "sqlite://data/users.db?mode=rwc"
+        );
+        assert!(config.migration_url.is_none());
+        assert_eq!(config.migration_lock_timeout, Duration::from_secs(300));
+        assert_eq!(config.application_name, "user-service");
+        assert!(config.trusted_proxies.is_empty());
         let pool = &config.pool;
         assert_eq!((pool.max_connections, pool.min_connections), (50, 5));
         assert_eq!(pool.acquire_timeout, Duration::from_secs(3));
@@ -472,6 +600,11 @@ mod tests {
             ("CACHE_TIMEOUT_MS", "20"),
             ("DATABASE_READ_URL", "postgres://u@replica/db"),
             ("DB_READ_MAX_LAG_MS", "250"),
+            ("DATABASE_MIGRATION_URL", "postgres://u@db:5432/db"),
+            ("DB_MIGRATION_LOCK_TIMEOUT_SECS", "30"),
+            ("DB_APPLICATION_NAME", "users-eu"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+            ("REDIS_CA_FILE", "/etc/ssl/redis-ca.pem"),
         ])
         .unwrap();
         assert!(!config.is_sqlite());
@@ -505,11 +638,32 @@ mod tests {
             config.otel_endpoint.as_deref(),
             Some("http://collector:4317")
         );
-        assert_eq!(config.api_tokens, ["a", "b"]);
+        assert_eq!(
+            config.api_tokens,
+            [TokenDigest::of("a"), TokenDigest::of("b")]
+        );
+        assert_eq!(config.api_read_tokens, [TokenDigest::of("r")]);
+        assert_eq!(
+            config
+                .migration_url
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+            Some("postgres://u@db:5432/db")
+        );
+        assert_eq!(config.migration_lock_timeout, Duration::from_secs(30));
+        assert_eq!(config.application_name, "users-eu");
+        assert_eq!(
+            config.trusted_proxies,
+            [
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.0.2.1/32".parse().unwrap()
+            ]
+        );
         assert_eq!(config.cors_allowed_origins, ["https://app.example.com"]);
         assert_eq!(config.rate_limit_per_second.map(NonZeroU32::get), Some(100));
         let cache = config.cache.expect("REDIS_URL set");
-        assert_eq!(cache.url, "redis://:secret@cache:6379/0");
+        assert_eq!(cache.url.expose_secret(), "redis://:secret@cache:6379/0");
+        assert_eq!(cache.ca_file, Some(PathBuf::from("/etc/ssl/redis-ca.pem")));
         assert_eq!(cache.ttl, Duration::from_secs(60));
         assert_eq!(cache.timeout, Duration::from_millis(20));
         let defaults = parse(&[("REDIS_URL", "rediss://cache")])
@@ -521,7 +675,7 @@ mod tests {
             (Duration::from_secs(300), Duration::from_millis(50))
         );
         let replica = config.replica.expect("DATABASE_READ_URL set");
-        assert_eq!(replica.url, "postgres://u@replica/db");
+        assert_eq!(replica.url.expose_secret(), "postgres://u@replica/db");
         assert_eq!(replica.max_lag, Duration::from_millis(250));
         let never = parse(&[
             ("DB_TEST_BEFORE_ACQUIRE", "never"),
@@ -570,6 +724,11 @@ mod tests {
             ("CACHE_TIMEOUT_MS", "fast"),
             ("DATABASE_READ_URL", "sqlite://replica.db"),
             ("DB_READ_MAX_LAG_MS", "1s"),
+            ("DATABASE_MIGRATION_URL", "mysql://db"),
+            ("DB_MIGRATION_LOCK_TIMEOUT_SECS", "0"),
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("TRUSTED_PROXIES", "lb"),
+            ("API_TOKENS_FILE", "/nonexistent/tokens"),
         ];
         for (variable, value) in cases {
             let error = parse(&[(variable, value)]).unwrap_err();
@@ -651,9 +810,48 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_from_files_and_debug_shows_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let url = file("url", "postgres://u:canary-password@db/users\n");
+        let tokens = file("tokens", "canary-token-1\ncanary-token-2,canary-token-3\n");
+        let redis = file("redis", "redis://:canary-redis@cache");
+        let config = parse(&[
+            ("DATABASE_URL_FILE", &url),
+            ("DATABASE_READ_URL_FILE", &url),
+            ("DATABASE_MIGRATION_URL_FILE", &url),
+            ("REDIS_URL_FILE", &redis),
+            ("API_TOKENS_FILE", &tokens),
+            ("API_READ_TOKENS", "canary-read"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.database_url.expose_secret(),
+            "postgres://u:canary-password@db/users"
+        );
+        assert_eq!(config.api_tokens.len(), 3);
+        assert_eq!(config.api_tokens[2], TokenDigest::of("canary-token-3"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("canary"), "{debug}");
+        let both = parse(&[
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("DATABASE_URL_FILE", &url),
+        ])
+        .unwrap_err();
+        assert_eq!(both.variable, "DATABASE_URL");
+        assert!(both.expected.contains("not both"), "{both}");
+    }
+
+    #[test]
     fn a_replica_needs_a_postgresql_primary() {
-        let error = parse(&[("DATABASE_READ_URL", "postgres://u@replica/db")]).unwrap_err();
-        assert_eq!(error.variable, "DATABASE_READ_URL");
-        assert!(error.expected.contains("SQLite"), "{error}");
+        for variable in ["DATABASE_READ_URL", "DATABASE_MIGRATION_URL"] {
+            let error = parse(&[(variable, "postgres://u@replica/db")]).unwrap_err();
+            assert_eq!(error.variable, variable);
+            assert!(error.expected.contains("SQLite"), "{error}");
+        }
     }
 }

@@ -65,9 +65,13 @@ impl HealthApi {
     #[oai(path = "/health/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> Result<Healthy, Errors<ReadyErrors>> {
         // Boxed: the probe's future would otherwise size every operation's (`db::observe`).
-        match tokio::time::timeout(READY_TIMEOUT, Box::pin(self.db.ping())).await {
-            Ok(Ok(())) => Ok(ok()),
-            _ => Err(ApiError::retry_after(ErrorCode::DatabaseUnavailable, READY_TIMEOUT).into()),
-        }
+        let error = match tokio::time::timeout(READY_TIMEOUT, Box::pin(self.db.ping())).await {
+            Ok(Ok(())) => return Ok(ok()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {READY_TIMEOUT:?}"),
+        };
+        // The probe's caller gets the code only; the log names the server and the cause.
+        tracing::warn!(database = self.db.endpoint(), %error, "not ready: the database does not answer");
+        Err(ApiError::retry_after(ErrorCode::DatabaseUnavailable, READY_TIMEOUT).into())
     }
 }

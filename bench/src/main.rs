@@ -120,7 +120,7 @@ struct RunArgs {
     /// Client connections of the overload check (get by id, shipped settings); 0 to skip.
     #[arg(long, default_value_t = 256)]
     high_connections: u32,
-    /// Configurations, in order: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, warm-N,
+    /// Configurations, in order: before, plan1, tuned, tuned-pg, tls, cached, pool-N, cached-pool-N, warm-N,
     /// pgbouncer, unprepared, replica, or the name of a `--build`.
     #[arg(long, value_delimiter = ',', default_value = "before,plan1,tuned")]
     configs: Vec<String>,
@@ -227,6 +227,8 @@ pub struct Config {
     pub pgbouncer: bool,
     /// The service reads from the bench's streaming replica (`DATABASE_READ_URL`).
     pub replica: bool,
+    /// The service's connections to PostgreSQL use TLS (`sslmode=require`).
+    pub tls: bool,
 }
 
 fn config(name: &str, run: &RunArgs) -> Result<Config> {
@@ -245,6 +247,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: Some(binary.clone()),
             pgbouncer: false,
             replica: false,
+            tls: false,
         });
     }
     Ok(match name {
@@ -256,6 +259,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: None,
             pgbouncer: false,
             replica: false,
+            tls: false,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "10"),
                 ("DB_MIN_CONNECTIONS", "0"),
@@ -271,6 +275,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: None,
             pgbouncer: false,
             replica: false,
+            tls: false,
             env: env(&[
                 ("DB_MAX_CONNECTIONS", "50"),
                 ("DB_MIN_CONNECTIONS", "5"),
@@ -289,6 +294,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: None,
             pgbouncer: false,
             replica: false,
+            tls: false,
         },
         // The shipped defaults with unnamed statements only, the statement timeout left to the
         // server: what those cost, directly.
@@ -303,12 +309,20 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: None,
             pgbouncer: false,
             replica: false,
+            tls: false,
         },
         // `unprepared` through PgBouncer in transaction mode (the bench's own, port 16432).
         "pgbouncer" => Config {
             name: name.into(),
             pgbouncer: true,
             ..config("unprepared", run)?
+        },
+        // The shipped defaults over TLS to PostgreSQL (`sslmode=require`): what encryption
+        // costs, against `tuned` in the same run.
+        "tls" => Config {
+            name: name.into(),
+            tls: true,
+            ..config("tuned", run)?
         },
         // The shipped defaults reading from the bench's streaming replica of the local
         // PostgreSQL (on the same machine: what routing costs, not what a second host adds).
@@ -327,6 +341,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: None,
             pgbouncer: false,
             replica: false,
+            tls: false,
         },
         // The shipped defaults with PostgreSQL tuned as docker-compose.yml tunes it (ALTER
         // SYSTEM and a restart of the local cluster; undone at the end of the run).
@@ -338,6 +353,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
             binary: None,
             pgbouncer: false,
             replica: false,
+            tls: false,
         },
         // The cache on, with N connections per lane (`cached-pool-N`).
         other if other.starts_with("cached-pool-") => {
@@ -367,7 +383,7 @@ fn config(name: &str, run: &RunArgs) -> Result<Config> {
                 vec![("DB_MIN_CONNECTIONS".into(), warm.to_string())]
             } else {
                 bail!(
-                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, cached, pool-N, cached-pool-N, warm-N, pgbouncer, unprepared, replica or a --build name"
+                    "unknown configuration {other}: before, plan1, tuned, tuned-pg, tls, cached, pool-N, cached-pool-N, warm-N, pgbouncer, unprepared, replica or a --build name"
                 )
             };
             Config {
@@ -672,6 +688,8 @@ impl Bench<'_> {
                     } else {
                         &urls.noidx
                     };
+                    let encrypted = url.replace("sslmode=disable", "sslmode=require");
+                    let url = if config.tls { &encrypted } else { url };
                     let mut env = config.env.clone();
                     if config.replica {
                         env.push(("DATABASE_READ_URL".into(), replica::url_of(url)));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use api::config::TokenDigest;
 use api::http::auth::{Guard, Tokens};
 use api::http::headers::SecurityHeaders;
 use api::http::problems::{RouteMethods, problem_errors};
@@ -34,7 +35,7 @@ fn trivial() -> BoxEndpoint<'static> {
 
 /// The layers as `app.rs` configures them, each on its own around [`trivial`].
 fn layers() -> Vec<(&'static str, BoxEndpoint<'static>)> {
-    let tokens = || Tokens::new(&[TOKEN.to_owned()], &[]);
+    let tokens = || Tokens::new(&[TokenDigest::of(TOKEN)], &[]);
     let observe = || observability::http::Observe::new(|_| None);
     vec![
         ("endpoint alone", trivial()),

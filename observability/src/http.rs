@@ -200,6 +200,8 @@ fn server_span(request: &Request, method: &Method, request_id: &HeaderValue) -> 
         server.address = address.as_deref(),
         server.port = port.map(i64::from),
         user_agent.original = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+        // Recorded by the service, which knows which proxies to believe.
+        client.address = tracing::field::Empty,
         request_id = request_id.to_str().unwrap_or_default(),
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,

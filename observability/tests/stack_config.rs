@@ -159,11 +159,21 @@ fn the_scale_profile_runs_many_instances_on_a_replica_through_pgbouncer() {
         Value::String(text) => text.clone(),
         other => other.as_i64().map(|n| n.to_string()).unwrap_or_default(),
     };
-    assert!(text("DATABASE_URL").contains("@pgbouncer:6432/users?"));
-    assert!(text("DATABASE_READ_URL").contains("@pgbouncer:6432/users_replica?"));
+    assert!(secret(&compose, api, "DATABASE_URL").contains("@pgbouncer:6432/users?"));
+    assert!(secret(&compose, api, "DATABASE_READ_URL").contains("@pgbouncer:6432/users_replica?"));
+    assert!(
+        secret(&compose, api, "DATABASE_MIGRATION_URL").contains("@postgres:5432/users?"),
+        "migrations go to the database itself, not through PgBouncer"
+    );
     assert_eq!(text("DB_PREPARED_STATEMENTS"), "false");
-    assert_eq!(text("RUN_MIGRATIONS"), "false");
     assert_eq!(text("DB_STATEMENT_TIMEOUT_MS"), "0");
+    assert_eq!(
+        text("TRUSTED_PROXIES"),
+        service("lb")["networks"]["default"]["ipv4_address"]
+            .as_str()
+            .unwrap(),
+        "the instances believe the load balancer's X-Forwarded-For"
+    );
     assert_eq!(
         text("REDIS_URL"),
         service("api")["environment"]["REDIS_URL"].as_str().unwrap()
@@ -175,6 +185,7 @@ fn the_scale_profile_runs_many_instances_on_a_replica_through_pgbouncer() {
 
     let lb = std::fs::read_to_string(repo().join("deploy/nginx/lb.conf")).unwrap();
     assert!(lb.contains("server api-scaled:8080;"));
+    assert!(lb.contains("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"));
 
     let prometheus = yaml("observability/prometheus/prometheus.yml");
     let job = prometheus["scrape_configs"]
@@ -189,6 +200,35 @@ fn the_scale_profile_runs_many_instances_on_a_replica_through_pgbouncer() {
     assert_eq!(job["dns_sd_configs"][0]["port"], 9464);
 }
 
+/// What `service` gets as `variable`: through `variable_FILE`, a compose secret's file (the
+/// variable itself emptied, so a `.env` cannot set both).
+fn secret(compose: &Value, service: &Value, variable: &str) -> String {
+    let env = &service["environment"];
+    if let Some(plain) = env[variable].as_str().filter(|value| !value.is_empty()) {
+        panic!("{variable} in plain sight: {plain}");
+    }
+    let path = env[format!("{variable}_FILE").as_str()]
+        .as_str()
+        .unwrap_or_else(|| panic!("{variable}_FILE"));
+    let name = path
+        .strip_prefix("/run/secrets/")
+        .expect("a compose secret");
+    assert!(
+        service["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|secret| secret == name),
+        "{name} granted"
+    );
+    let file = compose["secrets"][name]["file"].as_str().unwrap();
+    let file = file
+        .strip_prefix("${API_TOKENS_SECRET:-")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or(file);
+    std::fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
 #[test]
 fn api_waits_for_a_healthy_database_and_reads_env() {
     let compose = yaml("docker-compose.yml");
@@ -199,7 +239,7 @@ fn api_waits_for_a_healthy_database_and_reads_env() {
         "service_healthy"
     );
     assert_eq!(api["env_file"][0]["path"], ".env");
-    let url = api["environment"]["DATABASE_URL"].as_str().unwrap();
+    let url = secret(&compose, api, "DATABASE_URL");
     assert!(
         url.starts_with("postgres://") && url.contains("@postgres:5432/"),
         "{url}"
@@ -226,12 +266,14 @@ fn api_waits_for_a_healthy_database_and_reads_env() {
         compose["services"]["redis-exporter"]["environment"]["REDIS_PASSWORD"],
         redis[requirepass + 1]
     );
-    let tokens = api["environment"]["API_TOKENS"]
-        .as_str()
-        .unwrap_or_default();
+    let tokens = secret(&compose, api, "API_TOKENS");
+    assert!(!tokens.trim().is_empty(), "a token is configured");
     assert!(
-        tokens.starts_with("${API_TOKENS"),
-        "a token is configured, overridable: {tokens}"
+        compose["secrets"]["api_tokens"]["file"]
+            .as_str()
+            .unwrap()
+            .starts_with("${API_TOKENS_SECRET:-"),
+        "overridable"
     );
     let example = std::fs::read_to_string(repo().join(".env.example")).unwrap();
     assert!(

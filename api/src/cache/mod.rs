@@ -38,7 +38,7 @@ use uuid::Uuid;
 pub use entry::Entry;
 use health::Health;
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, ExposeSecret};
 
 /// The cache calls, as `cache_requests_total{operation}` names them.
 pub mod operation {
@@ -95,7 +95,26 @@ impl Cache {
     /// A client for `config.url`. Connects lazily: a Redis that is down at start-up only means
     /// bypassed reads until it is up.
     pub fn new(config: &CacheConfig) -> RedisResult<Self> {
-        let client = redis::Client::open(config.url.as_str())?;
+        let url = config.url.expose_secret();
+        let client = match &config.ca_file {
+            None => redis::Client::open(url)?,
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|error| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "REDIS_CA_FILE",
+                        format!("{}: {error}", path.display()),
+                    ))
+                })?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )?
+            }
+        };
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(500))))
             .set_min_delay(Duration::from_millis(50))

@@ -2,16 +2,20 @@
 //! and the timing and classification of every call ([`observe`]). Nothing here knows users.
 
 mod executor;
+mod migrate;
 mod observe;
 mod operation;
 pub mod postgres;
 pub mod replica;
+pub mod server;
 
 pub use executor::{ExecError, Row, Target};
+pub use migrate::MigrateError;
 pub use observe::{Call, ErrorKind, Failure, observe, record_not_found};
 pub use operation::Operation;
 pub use postgres::Pipelines;
 pub use replica::{Freshness, Lsn, Replica};
+pub use server::{ConnectError, PgServer, ServerError, SslMode};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use migration::{Migrator, MigratorTrait};
 use observability::db::{Pool, PoolState, record_pool};
 use sea_orm::{ConnectOptions, DatabaseConnection, DbBackend, DbErr};
 
-use crate::config::{Config, HealthCheck, PoolConfig};
+use crate::config::{Config, ExposeSecret, HealthCheck, PoolConfig, SecretString};
 
 /// The service's database: SeaORM's connection (SQLite's data path; on PostgreSQL, the
 /// migrations) and, on PostgreSQL, the pipelined connections every statement runs on, with
@@ -30,37 +34,55 @@ pub struct Database {
     pub orm: DatabaseConnection,
     pub pg: Option<Arc<Pipelines>>,
     pub replica: Option<Arc<Replica>>,
+    /// PostgreSQL: where the migrations and their lock go, and whether that is
+    /// `DATABASE_MIGRATION_URL` (trusted to be the database itself).
+    migrations: Option<(PgServer, bool)>,
     pool: PoolConfig,
 }
 
+/// Why the database cannot be used at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error("invalid {variable}: {source}")]
+    Url {
+        variable: &'static str,
+        source: ServerError,
+    },
+    #[error(transparent)]
+    Unreachable(postgres::PgError),
+    #[error(transparent)]
+    Orm(#[from] DbErr),
+}
+
 impl Database {
-    pub async fn connect(config: &Config) -> Result<Self, DbErr> {
+    pub async fn connect(config: &Config) -> Result<Self, ConnectFailure> {
         if config.is_sqlite() {
             return Ok(Self {
-                orm: Box::pin(connect(config, &config.pool)).await?,
+                orm: Box::pin(connect_sqlite(config)).await?,
                 pg: None,
                 replica: None,
+                migrations: None,
                 pool: config.pool.clone(),
             });
         }
-        // SeaORM's pool only migrates here: one connection, opened when needed.
-        let migrations = PoolConfig {
-            max_connections: 1,
-            min_connections: 0,
-            ..config.pool.clone()
+        let primary = server(config, "DATABASE_URL", &config.database_url)?;
+        let migrations = match &config.migration_url {
+            Some(url) => (server(config, "DATABASE_MIGRATION_URL", url)?, true),
+            None => (primary.clone(), false),
         };
-        let orm = Box::pin(connect(config, &migrations)).await?;
-        let pg = Pipelines::connect(&config.database_url, &config.pool)
+        // SeaORM's pool only migrates here: one connection, opened when the migrations run
+        // (the lock's connection, opened first, reports an unreachable server precisely).
+        let orm = Box::pin(connect_postgres(&migrations.0, &config.pool)).await?;
+        let pg = Pipelines::connect(primary, &config.pool)
             .await
-            .map_err(|error| DbErr::Custom(format!("cannot connect to PostgreSQL: {error}")))?;
+            .map_err(ConnectFailure::Unreachable)?;
         let slow = config.pool.slow_query;
         pg.set_metric_callback(move |info| log_if_slow(info.sql, info.elapsed, info.failed, slow));
         let pg = Arc::new(pg);
         let replica = match &config.replica {
             Some(replica) => {
-                let replica = Replica::new(replica, &config.pool).map_err(|error| {
-                    DbErr::Custom(format!("invalid DATABASE_READ_URL: {error}"))
-                })?;
+                let server = server(config, "DATABASE_READ_URL", &replica.url)?;
+                let replica = Replica::new(server, replica, &config.pool);
                 replica.pipelines.set_metric_callback(move |info| {
                     log_if_slow(info.sql, info.elapsed, info.failed, slow)
                 });
@@ -74,8 +96,21 @@ impl Database {
             orm,
             pg: Some(pg),
             replica,
+            migrations: Some(migrations),
             pool: config.pool.clone(),
         })
+    }
+
+    /// Applies pending migrations (on PostgreSQL, one instance at a time: [`migrate`]).
+    pub async fn migrate(&self, lock_timeout: std::time::Duration) -> Result<(), MigrateError> {
+        match &self.migrations {
+            Some((server, direct)) => {
+                migrate::migrate(&self.orm, server, *direct, lock_timeout).await
+            }
+            None => Migrator::up(&self.orm, None)
+                .await
+                .map_err(MigrateError::Apply),
+        }
     }
 
     /// No database: for building the spec alone.
@@ -84,6 +119,7 @@ impl Database {
             orm: DatabaseConnection::default(),
             pg: None,
             replica: None,
+            migrations: None,
             pool: Config::from_lookup(|_| None)
                 .expect("the defaults are valid")
                 .pool,
@@ -104,6 +140,11 @@ impl Database {
         if let Some(replica) = &self.replica {
             record_pool(Some(Pool::Replica), replica.state());
         }
+    }
+
+    /// Where the database is, for messages: `host:port`, or `sqlite`.
+    pub fn endpoint(&self) -> &str {
+        self.pg.as_ref().map_or("sqlite", |pg| pg.endpoint())
     }
 
     /// A round trip to the database.
@@ -138,13 +179,62 @@ impl Database {
     }
 }
 
-async fn connect(config: &Config, pool: &PoolConfig) -> Result<DatabaseConnection, DbErr> {
-    if config.is_sqlite() {
-        create_sqlite_directory(&config.database_url).map_err(|error| {
-            DbErr::Custom(format!("cannot create the SQLite directory: {error}"))
-        })?;
+/// `url` as a PostgreSQL server, `variable` naming it in errors.
+fn server(
+    config: &Config,
+    variable: &'static str,
+    url: &SecretString,
+) -> Result<PgServer, ConnectFailure> {
+    PgServer::parse(url.expose_secret(), &config.application_name)
+        .map_err(|source| ConnectFailure::Url { variable, source })
+}
+
+/// SeaORM's connection on SQLite: the data path.
+async fn connect_sqlite(config: &Config) -> Result<DatabaseConnection, DbErr> {
+    let url = config.database_url.expose_secret();
+    create_sqlite_directory(url)
+        .map_err(|error| DbErr::Custom(format!("cannot create the SQLite directory: {error}")))?;
+    let pool = &config.pool;
+    let mut options = ConnectOptions::new(url);
+    pool_options(&mut options, pool);
+    let busy_timeout = pool.acquire_timeout;
+    // WAL lets readers run beside the one writer; the busy timeout makes a writer wait for the
+    // lock as long as it would wait for a connection, rather than fail at once.
+    options.map_sqlx_sqlite_opts(move |sqlite| {
+        sqlite
+            .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(busy_timeout)
+    });
+    finish(options, pool).await
+}
+
+/// SeaORM's connection on PostgreSQL (the migrations'): one connection, opened when needed,
+/// with the same TLS and names as the pipelines'.
+async fn connect_postgres(
+    server: &PgServer,
+    pool: &PoolConfig,
+) -> Result<DatabaseConnection, DbErr> {
+    let pool = PoolConfig {
+        max_connections: 1,
+        min_connections: 0,
+        ..pool.clone()
+    };
+    let sqlx = server
+        .sqlx_options()
+        .map_err(|error| DbErr::Custom(error.to_string()))?;
+    // The URL only tells SeaORM the backend: the options are replaced whole.
+    let mut options = ConnectOptions::new("postgres://");
+    pool_options(&mut options, &pool);
+    options
+        .connect_lazy(true)
+        .map_sqlx_postgres_opts(move |_| sqlx.clone());
+    if let Some(timeout) = pool.statement_timeout {
+        options.statement_timeout(timeout);
     }
-    let mut options = ConnectOptions::new(&config.database_url);
+    finish(options, &pool).await
+}
+
+fn pool_options(options: &mut ConnectOptions, pool: &PoolConfig) {
     options
         .max_connections(pool.max_connections)
         .min_connections(pool.min_connections)
@@ -159,19 +249,9 @@ async fn connect(config: &Config, pool: &PoolConfig) -> Result<DatabaseConnectio
         HealthCheck::IfIdleFor(idle) => options.test_before_acquire_if_idle_for(idle),
         HealthCheck::Never => options.test_before_acquire(false),
     };
-    if let Some(timeout) = pool.statement_timeout {
-        options.statement_timeout(timeout);
-    }
-    if config.is_sqlite() {
-        let busy_timeout = pool.acquire_timeout;
-        // WAL lets readers run beside the one writer; the busy timeout makes a writer wait
-        // for the lock as long as it would wait for a connection, rather than fail at once.
-        options.map_sqlx_sqlite_opts(move |sqlite| {
-            sqlite
-                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .busy_timeout(busy_timeout)
-        });
-    }
+}
+
+async fn finish(options: ConnectOptions, pool: &PoolConfig) -> Result<DatabaseConnection, DbErr> {
     let mut db = Box::pin(sea_orm::Database::connect(options)).await?;
     let slow = pool.slow_query;
     db.set_metric_callback(move |info| {
@@ -191,49 +271,6 @@ fn log_if_slow(sql: &str, elapsed: std::time::Duration, failed: bool, slow: std:
             "slow statement"
         );
     }
-}
-
-/// The advisory lock that lets one instance at a time migrate: "user-svc" in ASCII.
-const MIGRATION_LOCK: i64 = 0x7573_6572_2d73_7663;
-/// How often a waiting instance tries the lock.
-const MIGRATION_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Applies pending migrations. On PostgreSQL, instances starting together take turns: each
-/// holds a session-level advisory lock while it migrates, on a connection of its own (if the
-/// process dies, the connection closes and the lock goes with it); the next finds nothing
-/// pending and serves.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Migrator::up(db, None).await;
-    }
-    use sea_orm::sqlx::{self, Connection as _, PgConnection};
-    let sqlx_err = |error: sqlx::Error| DbErr::Custom(format!("migration lock: {error}"));
-    let options = db.get_postgres_connection_pool().connect_options();
-    let mut lock = PgConnection::connect_with(&options)
-        .await
-        .map_err(sqlx_err)?;
-    // Polled rather than waited for: a session waiting in `pg_advisory_lock` holds a snapshot,
-    // and the other instance's `CREATE INDEX CONCURRENTLY` waits for every older snapshot to
-    // end, so it would wait for its own waiter.
-    let mut said = false;
-    loop {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(MIGRATION_LOCK)
-            .fetch_one(&mut lock)
-            .await
-            .map_err(sqlx_err)?;
-        if locked {
-            break;
-        }
-        if !std::mem::replace(&mut said, true) {
-            tracing::info!("another instance is migrating: waiting for it");
-        }
-        tokio::time::sleep(MIGRATION_LOCK_POLL).await;
-    }
-    let migrated = Migrator::up(db, None).await;
-    // Closing the session releases the lock.
-    let _ = lock.close().await;
-    migrated
 }
 
 /// SeaORM's pool's current size, for the pool gauges.

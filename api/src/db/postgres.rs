@@ -40,10 +40,11 @@ use sea_orm::sea_query::Value;
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::ErrorKind;
 use super::observe::sqlstate_kind;
+use super::server::{ConnectError, PgServer, with_causes};
 use crate::config::{HealthCheck, PoolConfig};
 
 /// Statements one connection carries at once; more wait (up to the acquire timeout) for a
@@ -60,8 +61,11 @@ pub const STALL_AFTER: Duration = Duration::from_millis(10);
 /// A failed call: the driver's error, or no connection within the acquire timeout.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error(transparent)]
+    #[error("{}", with_causes(.0))]
     Driver(#[from] tokio_postgres::Error),
+    /// No connection could be opened: names the server and the cause.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("no database connection within the acquire timeout")]
     AcquireTimeout,
     /// The statement was sent and nothing came back in time (the server stopped with the
@@ -76,6 +80,7 @@ impl PgError {
             PgError::AcquireTimeout => return ErrorKind::PoolTimeout,
             PgError::NoAnswer(_) => return ErrorKind::Timeout,
             PgError::Driver(error) => error,
+            PgError::Connect(error) => error.driver(),
         };
         if error.is_closed() {
             return ErrorKind::Connection;
@@ -95,6 +100,7 @@ impl PgError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             PgError::Driver(error) => error.code().map(|code| code.code()),
+            PgError::Connect(error) => error.driver().code().map(|code| code.code()),
             PgError::AcquireTimeout | PgError::NoAnswer(_) => None,
         }
     }
@@ -308,7 +314,7 @@ pub struct Pipelines {
     /// waiting for a place; `waiting` counts them, so nothing is woken when none wait.
     changed: Notify,
     waiting: AtomicUsize,
-    config: tokio_postgres::Config,
+    server: PgServer,
     pool: PoolConfig,
     answer_within: Duration,
     callback: ArcSwapOption<Box<MetricCallback>>,
@@ -334,23 +340,21 @@ struct Lease<'a> {
 }
 
 impl Pipelines {
-    /// Parses `url` and opens the warm connections (`DB_MIN_CONNECTIONS`).
-    pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Self, PgError> {
-        let pipelines = Self::new(url, pool)?;
+    /// Opens the warm connections (`DB_MIN_CONNECTIONS`) to `server`.
+    pub async fn connect(server: PgServer, pool: &PoolConfig) -> Result<Self, PgError> {
+        let pipelines = Self::new(server, pool);
         pipelines.open_warm().await?;
         Ok(pipelines)
     }
 
-    /// Parses `url`; connections open on first use (and the housekeeping keeps the warm ones
+    /// Connections to `server` open on first use (and the housekeeping keeps the warm ones
     /// open).
-    pub fn new(url: &str, pool: &PoolConfig) -> Result<Self, PgError> {
-        let mut config: tokio_postgres::Config = url.parse()?;
-        if let Some(timeout) = pool.statement_timeout {
-            config.options(format!("-c statement_timeout={}", timeout.as_millis()));
-        }
-        config.connect_timeout(pool.acquire_timeout);
+    pub fn new(server: PgServer, pool: &PoolConfig) -> Self {
+        let server = server
+            .statement_timeout(pool.statement_timeout)
+            .connect_timeout(pool.acquire_timeout);
         let slots = (0..pool.max_connections).map(|_| Slot::default()).collect();
-        Ok(Self {
+        Self {
             slots,
             lanes: Lanes::new(pool),
             opening: Default::default(),
@@ -358,11 +362,16 @@ impl Pipelines {
             used: AtomicUsize::new(0),
             changed: Notify::new(),
             waiting: AtomicUsize::new(0),
-            config,
+            server,
             answer_within: pool.answer_within(),
             pool: pool.clone(),
             callback: ArcSwapOption::empty(),
-        })
+        }
+    }
+
+    /// The server's `host:port`, for messages.
+    pub fn endpoint(&self) -> &str {
+        self.server.endpoint()
     }
 
     /// Called after every statement (the slow-statement log; tests record what runs).
@@ -609,7 +618,7 @@ impl Pipelines {
     /// Opens a connection for `lane` in the reserved slot.
     async fn open<'a>(&self, reserved: Reserved<'a>, lane: Lane) -> Result<&'a Slot, PgError> {
         let slot = reserved.0;
-        let (client, driver) = self.config.connect(NoTls).await?;
+        let (client, driver) = self.server.connect().await?;
         let driver = tokio::spawn(async move {
             if let Err(error) = driver.await {
                 tracing::debug!(%error, "database connection closed");
@@ -670,8 +679,9 @@ impl Pipelines {
         connection.driver.abort();
         let cancel = connection.client.cancel_token();
         let within = self.pool.acquire_timeout;
+        let server = self.server.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(within, cancel.cancel_query(NoTls)).await;
+            let _ = tokio::time::timeout(within, server.cancel(cancel)).await;
         });
     }
 

@@ -20,6 +20,7 @@ use observability::db::{Fallback, Pool, PoolState, record_fallback};
 
 use super::ErrorKind;
 use super::postgres::{Lane, PgError, Pipelines};
+use super::server::PgServer;
 use crate::config::{PoolConfig, ReplicaConfig};
 
 /// A WAL position (PostgreSQL's `pg_lsn`), as a byte offset.
@@ -107,10 +108,10 @@ impl Replica {
     /// timeout (which the server enforces), or within the acquire timeout without one, means
     /// a replica that cannot answer (stopped with its connections open, a network dropping
     /// packets): the read goes to the primary and the replica's connections are dropped.
-    pub fn new(config: &ReplicaConfig, pool: &PoolConfig) -> Result<Self, PgError> {
+    pub fn new(server: PgServer, config: &ReplicaConfig, pool: &PoolConfig) -> Self {
         let answer_within = pool.answer_within();
-        Ok(Self {
-            pipelines: Pipelines::new(&config.url, pool)?,
+        Self {
+            pipelines: Pipelines::new(server, pool),
             max_lag: config.max_lag,
             answer_within,
             status: AtomicU8::new(Status::Unchecked as u8),
@@ -118,7 +119,7 @@ impl Replica {
             lag_micros: AtomicU64::new(0),
             history: Mutex::default(),
             closed: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Stops the checks and drops the connections (shutdown).

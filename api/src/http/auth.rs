@@ -1,21 +1,21 @@
 //! Who may call `/api/v1`, and how often.
 //!
 //! Tokens: `API_TOKENS` may read and write, `API_READ_TOKENS` may only read. Only their
-//! SHA-256 digests are kept, and a presented token is compared with every digest in constant
+//! SHA-256 digests are kept (the configuration digests them as it reads them), and a presented
+//! token is compared with every digest in constant
 //! time, so neither memory dumps nor timing reveal a token. With no token configured the API is
 //! open (`build` warns at start, and the served spec says so).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use poem::http::{Method, header};
-use poem::web::RemoteAddr;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::client_address::ClientAddress;
 use super::error::{ApiError, ErrorCode};
 use super::rate_limit::RateLimit;
+use crate::config::TokenDigest;
 
 /// The one definition of what the guard protects; the spec declares `bearerAuth` on exactly
 /// these paths.
@@ -31,15 +31,15 @@ enum Access {
 
 /// The configured tokens, as digests.
 pub struct Tokens {
-    digests: Vec<([u8; 32], Access)>,
+    digests: Vec<(TokenDigest, Access)>,
 }
 
 impl Tokens {
-    pub fn new(read_write: &[String], read_only: &[String]) -> Self {
+    pub fn new(read_write: &[TokenDigest], read_only: &[TokenDigest]) -> Self {
         let digests = read_write
             .iter()
-            .map(|t| (digest(t), Access::ReadWrite))
-            .chain(read_only.iter().map(|t| (digest(t), Access::ReadOnly)))
+            .map(|digest| (*digest, Access::ReadWrite))
+            .chain(read_only.iter().map(|digest| (*digest, Access::ReadOnly)))
             .collect();
         Self { digests }
     }
@@ -51,19 +51,15 @@ impl Tokens {
 
     /// The access of `token`, looking at every digest whatever matches, in constant time.
     fn access(&self, token: &str) -> Option<Access> {
-        let presented = digest(token);
+        let presented = TokenDigest::of(token);
         let mut found = None;
         for (digest, access) in &self.digests {
-            if bool::from(digest.ct_eq(&presented)) {
+            if bool::from(digest.as_bytes().ct_eq(presented.as_bytes())) {
                 found = Some(*access);
             }
         }
         found
     }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Authentication and rate limiting of the guarded paths.
@@ -126,9 +122,11 @@ impl<E> GuardEndpoint<E> {
             // Per token when one is presented (a digest: the token itself is kept nowhere),
             // else per client address.
             let key = match token {
-                Some(token) => hex(&digest(token)),
-                None => client_ip(request.remote_addr())
-                    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+                Some(token) => hex(TokenDigest::of(token).as_bytes()),
+                None => request
+                    .extensions()
+                    .get::<ClientAddress>()
+                    .map_or_else(|| "unknown".to_owned(), |client| client.0.to_string()),
             };
             rate_limit.check(key)?;
         }
@@ -153,10 +151,6 @@ fn bearer(request: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn client_ip(addr: &RemoteAddr) -> Option<IpAddr> {
-    addr.as_socket_addr().map(|socket| socket.ip())
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -167,7 +161,10 @@ mod tests {
 
     #[test]
     fn tokens_are_matched_by_digest_with_their_access() {
-        let tokens = Tokens::new(&["writer-token".into()], &["reader-token".into()]);
+        let tokens = Tokens::new(
+            &[TokenDigest::of("writer-token")],
+            &[TokenDigest::of("reader-token")],
+        );
         assert_eq!(tokens.access("writer-token"), Some(Access::ReadWrite));
         assert_eq!(tokens.access("reader-token"), Some(Access::ReadOnly));
         assert_eq!(tokens.access("writer-tokeN"), None);

@@ -1,8 +1,9 @@
-//! Everything HTTP that is not about users: problem+json errors, input checks, the auth guard
-//! and rate limit, security headers and CORS, pre-encoded JSON bodies, consistency tokens, and
+//! Everything HTTP that is not about users: problem+json errors, input checks, the client's
+//! address behind proxies, the auth guard and rate limit, security headers and CORS, pre-encoded JSON bodies, consistency tokens, and
 //! the spec with Swagger UI.
 
 pub mod auth;
+pub mod client_address;
 pub mod connections;
 pub mod consistency;
 pub mod encoded_json;

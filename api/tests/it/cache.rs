@@ -531,3 +531,44 @@ async fn the_metrics_count_hits_errors_and_bypasses() {
     })
     .await;
 }
+
+/// `rediss://`: the cache works over TLS against a server whose certificate the test's own CA
+/// signed (`REDIS_CA_FILE`); without that CA the certificate does not verify, and the service
+/// serves from the database alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_speaks_tls_with_the_ca_it_is_given() {
+    let certificates = crate::common::tls::Certificates::generate();
+    let redis = TestRedis::start_tls(&certificates).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    for (ca_file, cached) in [
+        (certificates.path("ca.pem"), true),
+        (certificates.path("other-ca.pem"), false),
+    ] {
+        let app = api::build(test_config(
+            db.url(),
+            &[
+                ("REDIS_URL", url.as_str()),
+                ("REDIS_CA_FILE", ca_file.as_str()),
+            ],
+        ))
+        .await
+        .expect("build the app");
+        let client = TestClient::new(app.endpoint());
+        let email = format!("tls-{cached}@example.com");
+        let response = client
+            .post("/api/v1/users")
+            .body_json(&json!({ "email": email, "name": "Over TLS" }))
+            .send()
+            .await;
+        response.assert_status(StatusCode::CREATED);
+        let created: Value = response.json().await.value().deserialize();
+        let stored = redis.get(&key_of(&id_of(&created))).await;
+        assert_eq!(
+            stored.is_some(),
+            cached,
+            "stored through TLS with {ca_file}"
+        );
+    }
+}

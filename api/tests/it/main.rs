@@ -18,6 +18,7 @@ mod replica;
 mod security;
 mod shutdown;
 mod startup;
+mod tls;
 mod traces;
 mod unavailable;
 mod users_api;

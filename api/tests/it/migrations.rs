@@ -251,3 +251,103 @@ async fn a_long_transaction_in_the_way_fails_the_build_with_a_message() {
         .await
         .expect("applies once the lock is free");
 }
+
+/// The migration lock's key, as the service takes it ("user-svc" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7573_6572_2d73_7663;
+
+/// Through a transaction-mode pooler, migrating is refused in one line that says what to set
+/// (before: "prepared statement sqlx_s_1 already exists", and a session lock left on the
+/// pooler's server connection blocked every later start for 10 minutes); with
+/// `DATABASE_MIGRATION_URL` naming the database itself the service migrates there and serves
+/// through the pooler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_transaction_pooler_migrations_need_a_direct_url() {
+    let test_db = TestDb::empty(Backend::PgBouncer).await;
+    let pooled = [
+        ("DB_PREPARED_STATEMENTS", "false"),
+        ("DB_STATEMENT_TIMEOUT_MS", "0"),
+    ];
+    let error = api::build(test_config(test_db.service_url(), &pooled))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("transaction-mode pooler") && error.contains("DATABASE_MIGRATION_URL"),
+        "{error}"
+    );
+    assert_eq!(error.lines().count(), 1, "{error}");
+    let db = Database::connect(test_db.url()).await.unwrap();
+    assert!(
+        Migrator::get_applied_migrations(&db)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was migrated"
+    );
+    // Nothing is left holding the lock: it is free on the database itself.
+    let mut direct = PgConnection::connect(test_db.url()).await.unwrap();
+    let (free,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .fetch_one(&mut direct)
+        .await
+        .unwrap();
+    assert!(free, "the lock was left behind");
+    direct.close().await.unwrap();
+
+    let with_direct: Vec<_> = pooled
+        .into_iter()
+        .chain([("DATABASE_MIGRATION_URL", test_db.url())])
+        .collect();
+    let app = api::build(test_config(test_db.service_url(), &with_direct))
+        .await
+        .expect("migrates directly, serves through the pooler");
+    let client = poem::test::TestClient::new(app.endpoint());
+    client
+        .post("/api/v1/users")
+        .body_json(&serde_json::json!({ "email": "pooled@example.com", "name": "Pooled" }))
+        .send()
+        .await
+        .assert_status(poem::http::StatusCode::CREATED);
+    assert_eq!(
+        Migrator::get_applied_migrations(&db).await.unwrap().len(),
+        Migrator::migrations().len()
+    );
+}
+
+/// Waiting for another instance's migrations has a limit (`DB_MIGRATION_LOCK_TIMEOUT_SECS`),
+/// and the refusal names the holder: its pid, application_name and since when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_migration_lock_is_bounded_and_names_the_holder() {
+    let test_db = TestDb::new(Backend::Postgres).await;
+    let mut holder = PgConnection::connect(&format!(
+        "{}&application_name=stuck-migrator",
+        test_db.url()
+    ))
+    .await
+    .unwrap();
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let config = test_config(test_db.url(), &[("DB_MIGRATION_LOCK_TIMEOUT_SECS", "1")]);
+    let error = tokio::time::timeout(std::time::Duration::from_secs(20), api::build(config))
+        .await
+        .expect("gives up (before: waited for as long as the holder lived)")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains(&format!("pid {pid}"))
+            && error.contains("stuck-migrator")
+            && error.contains("connected since")
+            && error.contains("DB_MIGRATION_LOCK_TIMEOUT_SECS"),
+        "{error}"
+    );
+    holder.close().await.unwrap();
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::config::Config;
-use api::db::{Operation, Pipelines};
+use api::db::{Operation, PgServer, Pipelines};
 
 use crate::common::{Backend, TestApp, TestDb, admin_connection, eventually};
 use sea_orm::sqlx::{self, Connection, Executor, PgConnection};
@@ -88,9 +88,8 @@ async fn reads_and_other_writes_do_not_queue_behind_a_blocked_write() {
 async fn pipelines(db: &TestDb) -> Pipelines {
     let url = db.url().to_owned();
     let config = Config::from_lookup(|name| (name == "DATABASE_URL").then(|| url.clone())).unwrap();
-    Pipelines::connect(&config.database_url, &config.pool)
-        .await
-        .unwrap()
+    let server = PgServer::parse(&url, &config.application_name).unwrap();
+    Pipelines::connect(server, &config.pool).await.unwrap()
 }
 
 /// Lists and name searches have connections of their own: a slow one never runs ahead of a

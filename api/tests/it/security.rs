@@ -267,3 +267,110 @@ async fn every_response_carries_the_security_headers() {
     let live = app.client.get("/health/live").send().await;
     live.assert_header("x-content-type-options", "nosniff");
 }
+
+/// Secrets given to the process (a URL's password, tokens, from variables and from files) never
+/// show in its logs, at the most verbose level, nor in `/metrics`, through start-up, served and
+/// refused requests, a cache that refuses the password, and shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs_or_the_metrics() {
+    use crate::common::binary::{Binary, exchange};
+    use crate::common::{TestDb, redis_server::TestRedis};
+
+    const CANARY: &str = "canary-7f3a";
+    let db = TestDb::new(Backend::Postgres).await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let read_tokens = dir.path().join("read-tokens");
+    std::fs::write(&read_tokens, format!("{CANARY}-reader\n")).unwrap();
+    // The test PostgreSQL trusts the user; the password is sent nowhere, but held all along.
+    let (scheme, rest) = db.url().split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').unwrap();
+    let url = format!("{scheme}://{user}:{CANARY}-db@{host}");
+    let redis_url = format!("redis://:{CANARY}-redis@{}/0", redis.address());
+    let read_tokens = read_tokens.display().to_string();
+    let token = format!("{CANARY}-writer");
+    let service = Binary::start(
+        &url,
+        &[
+            ("RUST_LOG", "trace"),
+            ("DATABASE_READ_URL", url.as_str()),
+            ("REDIS_URL", redis_url.as_str()),
+            ("API_TOKENS", token.as_str()),
+            ("API_READ_TOKENS_FILE", read_tokens.as_str()),
+        ],
+        None,
+    )
+    .await;
+    let body = r#"{"email":"canary@example.com","name":"Canary"}"#;
+    for authorization in [token.as_str(), "wrong-token"] {
+        let response = exchange(
+            service.public,
+            &format!(
+                "POST /api/v1/users HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {authorization}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(!response.contains(CANARY), "{response}");
+    }
+    let metrics = exchange(
+        service.admin,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(metrics.contains("http_server_requests_total"), "{metrics}");
+    assert!(!metrics.contains(CANARY), "in /metrics");
+    let logs = service.stop().await;
+    assert!(logs.lines().count() > 10, "trace logs were written: {logs}");
+    assert!(!logs.contains(CANARY), "in the logs: {logs}");
+}
+
+/// Behind trusted proxies (`TRUSTED_PROXIES`) the client is who they forwarded for: the rate
+/// limit counts each client apart and the request log names it. From any other peer the
+/// forwarding headers are ignored: a client cannot choose its address (or its bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    use crate::common::TestDb;
+    use crate::common::binary::{Binary, exchange};
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let get = |forwarded_for: &'static str| {
+        format!(
+            "GET /api/v1/users HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {forwarded_for}\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    let status = |response: String| response[9..12].to_owned();
+    for (trusted, second_client) in [("127.0.0.1", "200"), ("10.0.0.0/8", "429")] {
+        let service = Binary::start(
+            db.url(),
+            &[
+                ("RATE_LIMIT_PER_SECOND", "1"),
+                ("TRUSTED_PROXIES", trusted),
+                ("RUST_LOG", "api=debug,observability=debug"),
+            ],
+            None,
+        )
+        .await;
+        let first = exchange(service.public, &get("203.0.113.1")).await.unwrap();
+        assert_eq!(status(first), "200");
+        let again = exchange(service.public, &get("203.0.113.1")).await.unwrap();
+        assert_eq!(status(again), "429", "one client, one bucket");
+        let other = exchange(service.public, &get("203.0.113.2")).await.unwrap();
+        assert_eq!(status(other), second_client, "trusting {trusted}");
+        let logs = service.stop().await;
+        assert_eq!(
+            logs.contains("\"client.address\":\"203.0.113.1\""),
+            trusted == "127.0.0.1",
+            "{logs}"
+        );
+        assert_eq!(
+            logs.contains("\"client.address\":\"127.0.0.1\""),
+            trusted != "127.0.0.1",
+            "{logs}"
+        );
+    }
+}

@@ -50,3 +50,40 @@ fn pretty_logs_into_a_pipe_have_no_colour_codes() {
         "colour codes in a pipe: {stdout:?}"
     );
 }
+
+/// A database that cannot be reached stops start-up with one line naming `host:port` and the
+/// cause (refused, a name that does not resolve), never the password (before: "pool timed out
+/// while waiting for an open connection").
+#[test]
+fn an_unreachable_database_is_named_with_its_cause() {
+    let cases = [
+        (
+            "postgres://nobody:canary-password@127.0.0.1:1/users?sslmode=disable",
+            "127.0.0.1:1",
+            "refused",
+        ),
+        (
+            "postgres://nobody:canary-password@db.invalid:5432/users",
+            "db.invalid:5432",
+            "error connecting to server: ",
+        ),
+    ];
+    for (url, endpoint, cause) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_api"))
+            .env("DATABASE_URL", url)
+            .env("DB_ACQUIRE_TIMEOUT_SECS", "1")
+            .env("LOG_FORMAT", "json")
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .output()
+            .expect("run the api binary");
+        assert_eq!(output.status.code(), Some(1));
+        let logged = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            logged.contains(endpoint) && logged.contains(cause),
+            "{endpoint}, {cause}: {logged}"
+        );
+        assert!(!logged.contains("canary-password"), "{logged}");
+    }
+}

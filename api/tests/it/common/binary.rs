@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 use super::free_port;
 
@@ -15,6 +16,20 @@ pub struct Binary {
     pub child: Child,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// Its stdout and stderr, read as they are written (a full pipe would block its logging).
+    logs: Option<(JoinHandle<String>, JoinHandle<String>)>,
+}
+
+fn drain(stream: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>) -> JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut text = String::new();
+        if let Some(mut stream) = stream {
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes).await;
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        text
+    })
 }
 
 impl Binary {
@@ -45,13 +60,15 @@ impl Binary {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = command.spawn().unwrap();
+        let mut child = command.spawn().unwrap();
+        let logs = Some((drain(child.stdout.take()), drain(child.stderr.take())));
         for _ in 0..300 {
             if TcpStream::connect(public).await.is_ok() {
                 return Self {
                     child,
                     public,
                     admin,
+                    logs,
                 };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,15 +135,10 @@ impl Binary {
     }
 
     async fn output(&mut self) -> (String, String) {
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            out.read_to_string(&mut stdout).await.unwrap();
+        match self.logs.take() {
+            Some((stdout, stderr)) => (stdout.await.unwrap(), stderr.await.unwrap()),
+            None => Default::default(),
         }
-        if let Some(mut err) = self.child.stderr.take() {
-            err.read_to_string(&mut stderr).await.unwrap();
-        }
-        (stdout, stderr)
     }
 }
 

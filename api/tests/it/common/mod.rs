@@ -11,6 +11,7 @@ pub mod binary;
 pub mod pgbouncer;
 pub mod redis_server;
 pub mod replica;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -209,7 +210,7 @@ async fn template() -> &'static str {
             let db = sea_orm::Database::connect(database_url(&name))
                 .await
                 .expect("connect to the template database");
-            api::db::migrate(&db)
+            <migration::Migrator as migration::MigratorTrait>::up(&db, None)
                 .await
                 .expect("migrate the template database");
             db.close().await.expect("close the template database");

@@ -13,22 +13,55 @@ const PASSWORD: &str = "test-password";
 pub struct TestRedis {
     port: u16,
     server: Option<Child>,
+    /// TLS only, with these certificates (`ca.pem`, `server.pem`, `server.key`).
+    tls: Option<std::path::PathBuf>,
 }
 
 impl TestRedis {
     pub async fn start() -> Self {
+        Self::launched(None).await
+    }
+
+    /// A server that speaks TLS only, with the certificates in `certificates` (a server
+    /// certificate for `localhost`).
+    pub async fn start_tls(certificates: &super::tls::Certificates) -> Self {
+        Self::launched(Some(certificates.dir.path().to_owned())).await
+    }
+
+    async fn launched(tls: Option<std::path::PathBuf>) -> Self {
         let mut redis = Self {
             port: free_port(),
             server: None,
+            tls,
         };
         redis.launch().await;
         redis
     }
 
     async fn launch(&mut self) {
-        let server = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(dir) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let server = command
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "-::1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--requirepass", PASSWORD])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -44,8 +77,21 @@ impl TestRedis {
         panic!("redis-server did not start on port {}", self.port);
     }
 
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(dir) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(dir.join("ca.pem")).unwrap()),
+                },
+            ),
+        }
+    }
+
     async fn try_ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
+        let Ok(client) = self.client() else {
             return false;
         };
         match client.get_multiplexed_async_connection().await {
@@ -57,8 +103,12 @@ impl TestRedis {
         }
     }
 
+    /// `redis://`, or `rediss://` to `localhost` (the name its certificate is for) over TLS.
     pub fn url(&self) -> String {
-        format!("redis://:{PASSWORD}@{}/0", self.address())
+        match self.tls {
+            None => format!("redis://:{PASSWORD}@{}/0", self.address()),
+            Some(_) => format!("rediss://:{PASSWORD}@localhost:{}/0", self.port),
+        }
     }
 
     pub fn address(&self) -> String {
@@ -71,7 +121,7 @@ impl TestRedis {
 
     /// A connection of the test's own, to look at or change what the service stored.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        self.client()
             .unwrap()
             .get_multiplexed_async_connection()
             .await
