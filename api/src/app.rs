@@ -100,7 +100,7 @@ fn api_service(
     cache: Option<Cache>,
 ) -> OpenApiService<(UsersApi, HealthApi), ()> {
     let store = UserStore::new(UserRepository::new(&db), cache);
-    let users = UsersApi::new(store, config.pool.acquire_timeout);
+    let users = UsersApi::new(store, config.pool.acquire_timeout, config.request_timeout);
     OpenApiService::new(
         (users, HealthApi::new(db)),
         "user-service",

@@ -51,6 +51,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub cors_allowed_origins: Vec<String>,
     pub rate_limit_per_second: Option<NonZeroU32>,
+    /// How long the change feed keeps deletions (tombstones); an older token is 410.
+    pub changes_retention: Duration,
     /// `None`: no cache, every read goes to the database.
     pub cache: Option<CacheConfig>,
     /// `None`: no replica, every statement goes to `DATABASE_URL`.
@@ -278,6 +280,9 @@ impl Config {
                 .raw("OTEL_SERVICE_NAME")
                 .unwrap_or_else(|| "user-service".to_owned()),
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 20, 0)?,
+            changes_retention: Duration::from_secs(
+                u64::from(env.number("CHANGES_RETENTION_HOURS", 168, 1, 87_600)?) * 3600,
+            ),
             api_tokens: env.tokens(("API_TOKENS", "API_TOKENS_FILE"))?,
             api_read_tokens: env.tokens(("API_READ_TOKENS", "API_READ_TOKENS_FILE"))?,
             trusted_proxies: env.networks("TRUSTED_PROXIES")?,
@@ -559,6 +564,7 @@ mod tests {
         assert_eq!(config.otel_endpoint, None);
         assert_eq!(config.otel_service_name, "user-service");
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(config.changes_retention, Duration::from_secs(168 * 3600));
         assert!(config.api_tokens.is_empty() && config.api_read_tokens.is_empty());
         assert!(config.cors_allowed_origins.is_empty());
         assert_eq!(config.rate_limit_per_second, None);
@@ -603,6 +609,7 @@ mod tests {
             ("DATABASE_MIGRATION_URL", "postgres://u@db:5432/db"),
             ("DB_MIGRATION_LOCK_TIMEOUT_SECS", "30"),
             ("DB_APPLICATION_NAME", "users-eu"),
+            ("CHANGES_RETENTION_HOURS", "24"),
             ("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
             ("REDIS_CA_FILE", "/etc/ssl/redis-ca.pem"),
         ])
@@ -652,6 +659,7 @@ mod tests {
         );
         assert_eq!(config.migration_lock_timeout, Duration::from_secs(30));
         assert_eq!(config.application_name, "users-eu");
+        assert_eq!(config.changes_retention, Duration::from_secs(24 * 3600));
         assert_eq!(
             config.trusted_proxies,
             [
@@ -726,6 +734,7 @@ mod tests {
             ("DB_READ_MAX_LAG_MS", "1s"),
             ("DATABASE_MIGRATION_URL", "mysql://db"),
             ("DB_MIGRATION_LOCK_TIMEOUT_SECS", "0"),
+            ("CHANGES_RETENTION_HOURS", "0"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("TRUSTED_PROXIES", "lb"),
             ("API_TOKENS_FILE", "/nonexistent/tokens"),

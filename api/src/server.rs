@@ -13,6 +13,7 @@ use crate::app::{App, StartupError};
 use crate::config::Config;
 use crate::db::Database;
 use crate::http::connections::GuardedAcceptor;
+use crate::users::repository::UserRepository;
 
 /// The two bound listeners: the public API (with its connection limits) and the admin
 /// endpoints (`/metrics`).
@@ -85,6 +86,7 @@ pub async fn run_until(
         db.clone(),
         refresh_pool.clone(),
         config.pool.metrics_interval,
+        config.changes_retention,
     ));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = Route::new().at(
@@ -119,14 +121,16 @@ pub async fn run_until(
     served
 }
 
-/// Every `interval`: recycles old and idle database connections and refreshes the pool
-/// gauges; runs the recorder's upkeep.
+/// Every `interval`: recycles old and idle database connections, refreshes the pool gauges
+/// and forgets the change feed's tombstones past `retention`; runs the recorder's upkeep.
 async fn housekeeping(
     metrics: Metrics,
     db: Database,
     refresh_pool: impl Fn(),
     interval: std::time::Duration,
+    retention: std::time::Duration,
 ) {
+    let users = UserRepository::new(&db);
     let mut pool_tick = tokio::time::interval(interval);
     let mut upkeep_tick = tokio::time::interval(observability::metrics::UPKEEP_INTERVAL);
     loop {
@@ -134,6 +138,10 @@ async fn housekeeping(
             _ = pool_tick.tick() => {
                 db.housekeeping().await;
                 refresh_pool();
+                if let Err(error) = users.purge_tombstones(retention).await {
+                    // Retried at the next tick; meanwhile tombstones only wait longer.
+                    tracing::warn!(%error, "forgetting expired tombstones failed");
+                }
             }
             _ = upkeep_tick.tick() => metrics.run_upkeep(),
         }

@@ -10,6 +10,8 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/users.db?mode=rwc";
 mod m20260101_000001_create_users;
 mod m20260101_000002_optimize_indexes;
 mod m20261129_000003_name_order_index;
+mod m20261130_000004_change_feed;
+mod m20261130_000005_change_position_index;
 mod online_index;
 
 pub struct Migrator;
@@ -21,6 +23,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20260101_000001_create_users::Migration),
             Box::new(m20260101_000002_optimize_indexes::Migration),
             Box::new(m20261129_000003_name_order_index::Migration),
+            Box::new(m20261130_000004_change_feed::Migration),
+            Box::new(m20261130_000005_change_position_index::Migration),
         ]
     }
 }

@@ -26,6 +26,12 @@ pub enum Operation {
     DeleteUser,
     #[strum(serialize = "user.version_of")]
     UserVersion,
+    /// A page of the change feed.
+    #[strum(serialize = "user.list_changes")]
+    ListUserChanges,
+    /// Tombstones past the feed's retention, and the expiry mark of older tokens.
+    #[strum(serialize = "user.purge_tombstones")]
+    PurgeTombstones,
     /// The primary's WAL position after a write, for its `Consistency-Token`.
     #[strum(serialize = "wal.position")]
     WalPosition,
@@ -46,9 +52,10 @@ impl Operation {
             | Operation::ListUsersUpdatedSince
             | Operation::SearchUsersByName
             | Operation::UserVersion
+            | Operation::ListUserChanges
             | Operation::WalPosition => "SELECT",
             Operation::UpdateUser => "UPDATE",
-            Operation::DeleteUser => "DELETE",
+            Operation::DeleteUser | Operation::PurgeTombstones => "DELETE",
         }
     }
 
@@ -60,13 +67,15 @@ impl Operation {
             Operation::CreateUser
             | Operation::UpdateUser
             | Operation::DeleteUser
-            | Operation::UserVersion => Lane::Write,
+            | Operation::UserVersion
+            | Operation::PurgeTombstones => Lane::Write,
             Operation::FindUserById | Operation::FindUserByEmail | Operation::WalPosition => {
                 Lane::Point
             }
             Operation::ListUsers
             | Operation::ListUsersUpdatedSince
-            | Operation::SearchUsersByName => Lane::Scan,
+            | Operation::SearchUsersByName
+            | Operation::ListUserChanges => Lane::Scan,
         }
     }
 

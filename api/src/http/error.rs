@@ -31,6 +31,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     EmailTaken,
     VersionMismatch,
+    ChangesExpired,
     PayloadTooLarge,
     UnsupportedMediaType,
     RequestTimeout,
@@ -114,6 +115,14 @@ impl ErrorCode {
                 "version_mismatch",
                 "Version mismatch",
                 "the user has changed since the version in `If-Match`",
+                false,
+            ),
+            ChangesExpired => (
+                StatusCode::GONE,
+                "changes_expired",
+                "Changes expired",
+                "the change token is older than the feed's retention: deletions after it may be \
+                 forgotten; read the feed again without `since`",
                 false,
             ),
             PayloadTooLarge => (

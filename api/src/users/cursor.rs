@@ -27,7 +27,7 @@ pub const PATTERN: &str = "^[A-Za-z0-9_-]{32}(?:[A-Za-z0-9_-]{4}){0,270}(?:[A-Za
 const MAX_LEN: usize = 32 + 4 * 270 + 3;
 /// base64url without padding, tolerant of the unused low bits of a tail (a strict decoder
 /// refuses some strings the pattern admits).
-const ENGINE: GeneralPurpose = GeneralPurpose::new(
+pub(super) const ENGINE: GeneralPurpose = GeneralPurpose::new(
     &alphabet::URL_SAFE,
     GeneralPurposeConfig::new()
         .with_encode_padding(false)

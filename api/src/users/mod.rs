@@ -1,6 +1,7 @@
 //! The users resource: its model and rules, the statements, the cache in front of them, the
-//! endpoints, the cursor and entity tags.
+//! endpoints, the cursor, the change feed's token and entity tags.
 
+pub mod change_token;
 pub mod cursor;
 pub mod etag;
 pub mod model;

@@ -11,7 +11,7 @@ use poem_openapi::types::MaybeUndefined;
 use regex::Regex;
 use uuid::Uuid;
 
-use super::repository::{NewUser, UserChanges};
+use super::repository::{Change, NewUser, UserChanges};
 use crate::http::error::ApiError;
 use crate::http::input::{Checked, TextRule, compile};
 
@@ -169,6 +169,39 @@ fn present<R: TextRule>(value: MaybeUndefined<Checked<R>>) -> Result<Option<Chec
         MaybeUndefined::Null => Err(ApiError::invalid_field(R::FIELD, "must not be null")),
         MaybeUndefined::Value(value) => Ok(Some(value)),
     }
+}
+
+/// One change of the feed: the user as it is now, or its deletion.
+#[derive(Debug, Object)]
+#[oai(rename = "UserChange")]
+pub struct UserChange {
+    pub id: Uuid,
+    /// The user's version now; a deletion's is the deleted user's version plus one, so
+    /// applying changes by version converges.
+    pub version: i64,
+    /// The user as it is now; `null` when it was deleted.
+    pub user: Option<User>,
+}
+
+impl From<Change> for UserChange {
+    fn from(change: Change) -> Self {
+        Self {
+            id: change.id,
+            version: change.version,
+            user: change.user.map(User::from),
+        }
+    }
+}
+
+/// A page of the change feed.
+#[derive(Debug, Object)]
+#[oai(rename = "UserChanges")]
+pub struct ChangesPage {
+    /// In commit order; a user may appear more than once across pages (at least once).
+    pub changes: Vec<UserChange>,
+    /// Pass as `since` for the changes after these: always present, the same position when
+    /// nothing changed.
+    pub next: String,
 }
 
 /// One page of users.

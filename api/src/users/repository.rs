@@ -11,6 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::change_token::ChangeToken;
 use super::cursor::{Cursor, Order};
 use crate::db::replica::{POSITION_COLUMN, PRIMARY_POSITION};
 use crate::db::{
@@ -25,6 +26,9 @@ pub enum RepoError {
     EmailTaken,
     #[error("the user's version does not match")]
     VersionMismatch,
+    /// A change token older than the feed's retention: deletions after it are forgotten.
+    #[error("the change token is older than the feed's retention")]
+    ChangesExpired,
     /// The database could not answer in time or at all: worth retrying later.
     #[error("database unavailable ({})", .0.as_str())]
     Unavailable(ErrorKind),
@@ -105,6 +109,20 @@ impl ListQuery {
 pub struct Page {
     pub items: Vec<users::Model>,
     pub next: Option<Cursor>,
+}
+
+/// One change of the feed: a user as it is now, or its deletion (`user` is `None`).
+pub struct Change {
+    pub id: Uuid,
+    /// The user's version; a deletion's is the deleted user's plus one.
+    pub version: i64,
+    pub user: Option<users::Model>,
+}
+
+/// A page of the feed and where the next one starts.
+pub struct ChangePage {
+    pub changes: Vec<Change>,
+    pub next: ChangeToken,
 }
 
 /// The statements, as pure functions of their inputs.
@@ -221,7 +239,8 @@ pub mod statements {
 
     /// The update of a PATCH with at least one change, at time `now`; with `versions`, only
     /// if the user still has one of them (checked in the UPDATE itself, so two writers holding
-    /// one ETag cannot both win).
+    /// one ETag cannot both win). The change feed's position is the database's to stamp
+    /// (migration `change_feed`), so this runs on every schema since the table's.
     pub fn update(
         id: Uuid,
         changes: UserChanges,
@@ -256,6 +275,88 @@ pub mod statements {
         statement
     }
 
+    /// A page of the change feed after `since`, in `(change_position, id)` order, users and
+    /// tombstones together, with the position below which every change is committed and
+    /// visible (`below`) and the feed's expiry mark (`purged_below`) as columns of every row
+    /// (one row with no change when there is none).
+    ///
+    /// PostgreSQL: `below` is the statement's snapshot's `xmin`: every transaction id under it
+    /// has ended, so nothing can still commit there (migration `change_feed`). SQLite: the
+    /// write counter, one past the last write (one writer at a time).
+    pub fn changes(backend: DbBackend, since: ChangeToken, limit: u64) -> Statement {
+        const COLUMNS: &str = "id, version, email, name, created_at, updated_at, change_position";
+        const TOMBSTONE: &str = "id, version, NULL, NULL, NULL, NULL, change_position";
+        let sql = match backend {
+            DbBackend::Postgres => format!(
+                "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS below, \
+                 (SELECT purged_below FROM change_feed WHERE id = 1) AS purged_below) \
+                 SELECT h.below, h.purged_below, c.* FROM h LEFT JOIN LATERAL (\
+                 SELECT * FROM (\
+                 (SELECT {COLUMNS} FROM users WHERE (change_position, id) > ($1, $2) \
+                 AND change_position < h.below ORDER BY change_position, id LIMIT $3) \
+                 UNION ALL \
+                 (SELECT {TOMBSTONE} FROM user_tombstones WHERE (change_position, id) > ($1, $2) \
+                 AND change_position < h.below ORDER BY change_position, id LIMIT $3)\
+                 ) u ORDER BY change_position, id LIMIT $3) c ON true"
+            ),
+            _ => format!(
+                "WITH h AS (SELECT position + 1 AS below, purged_below FROM change_feed WHERE id = 1) \
+                 SELECT h.below, h.purged_below, c.* FROM h LEFT JOIN (\
+                 SELECT {COLUMNS} FROM users WHERE (change_position, id) > (?1, ?2) \
+                 UNION ALL \
+                 SELECT {TOMBSTONE} FROM user_tombstones WHERE (change_position, id) > (?1, ?2) \
+                 ORDER BY change_position, id LIMIT ?3) c ON 1"
+            ),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                Value::from(since.position),
+                Value::from(since.id),
+                Value::from(limit),
+            ],
+        )
+    }
+
+    /// Forgets tombstones deleted before `cutoff_secs` (Unix time), a batch at a time, raising
+    /// the feed's expiry mark past them first, so a token from before a forgotten deletion is
+    /// answered 410, never a feed without it. PostgreSQL: one statement per batch (`= ANY` of
+    /// an array, so the batch is found by the time index and deleted by the key, where `IN`
+    /// planned a scan of the whole table); SQLite (no DML in a `WITH`): the mark, then the
+    /// delete.
+    pub fn purge_tombstones(backend: DbBackend, cutoff_secs: i64) -> Vec<Statement> {
+        match backend {
+            DbBackend::Postgres => vec![Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "WITH gone AS (DELETE FROM user_tombstones WHERE id = ANY(ARRAY(\
+                     SELECT id FROM user_tombstones WHERE deleted_at_secs < $1 \
+                     ORDER BY deleted_at_secs LIMIT {PURGE_BATCH})) RETURNING change_position) \
+                     UPDATE change_feed SET purged_below = GREATEST(purged_below, \
+                     (SELECT max(change_position) + 1 FROM gone)) \
+                     WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)"
+                ),
+                [Value::from(cutoff_secs)],
+            )],
+            _ => vec![
+                Statement::from_sql_and_values(
+                    backend,
+                    "UPDATE change_feed SET purged_below = MAX(purged_below, \
+                     (SELECT COALESCE(MAX(change_position) + 1, 0) FROM user_tombstones \
+                     WHERE deleted_at_secs < ?1)) WHERE id = 1",
+                    [Value::from(cutoff_secs)],
+                ),
+                Statement::from_sql_and_values(
+                    backend,
+                    "DELETE FROM user_tombstones WHERE deleted_at_secs < ?1",
+                    [Value::from(cutoff_secs)],
+                ),
+            ],
+        }
+    }
+
     pub fn delete(id: Uuid, versions: Option<Vec<i64>>) -> DeleteMany<Users> {
         let mut delete = Users::delete_many().filter(Column::Id.eq(id));
         if let Some(versions) = versions {
@@ -264,6 +365,9 @@ pub mod statements {
         delete
     }
 }
+
+/// Tombstones forgotten per statement: a short write, however many expired at once.
+pub const PURGE_BATCH: u64 = 1000;
 
 /// The statements' execution, one path for both backends ([`Database::fetch`],
 /// [`Database::execute`]).
@@ -431,6 +535,61 @@ impl UserRepository {
         }
     }
 
+    /// A page of the change feed after `since` (from the start without one). A token from
+    /// before the oldest forgotten deletion is [`RepoError::ChangesExpired`].
+    pub async fn changes(
+        &self,
+        since: Option<ChangeToken>,
+        limit: u64,
+        freshness: Freshness,
+    ) -> Result<ChangePage, RepoError> {
+        let from = since.unwrap_or(ChangeToken::START);
+        let statement = statements::changes(self.db.backend(), from, limit);
+        let target = Self::target(Operation::ListUserChanges);
+        let rows = self
+            .db
+            .fetch(target, &statement, freshness, change_of)
+            .await?;
+        let (below, purged_below) = rows
+            .first()
+            .map_or((0, 0), |row| (row.below, row.purged_below));
+        if since.is_some_and(|since| since.position < purged_below) {
+            return Err(RepoError::ChangesExpired);
+        }
+        let changes: Vec<(ChangeToken, Change)> =
+            rows.into_iter().filter_map(|row| row.change).collect();
+        let next = match changes.last() {
+            // Nothing new: the same position (the horizon may have moved with other
+            // databases' transactions; reading from here again costs one empty index range).
+            None => from,
+            Some((last, _)) if changes.len() as u64 >= limit => *last,
+            // Everything below `below` has been read; never go back (a replica behind the
+            // primary that issued `since` has a lower `below`).
+            Some(_) => from.max(ChangeToken::before(below)),
+        };
+        Ok(ChangePage {
+            changes: changes.into_iter().map(|(_, change)| change).collect(),
+            next,
+        })
+    }
+
+    /// Forgets tombstones deleted more than `retention` ago (the feed's horizon), in batches.
+    pub async fn purge_tombstones(&self, retention: std::time::Duration) -> Result<(), RepoError> {
+        let cutoff =
+            Utc::now().timestamp() - i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        let target = Self::target(Operation::PurgeTombstones);
+        match statements::purge_tombstones(self.db.backend(), cutoff).as_slice() {
+            // One batch per statement, until one forgets nothing.
+            [batch] => while self.db.execute(target, batch).await? > 0 {},
+            steps => {
+                for step in steps {
+                    self.db.execute(target, step).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// After a conditional write touched no row: was the user missing, or its version wrong?
     async fn why_unmatched(&self, id: Uuid) -> RepoError {
         let operation = Operation::UserVersion;
@@ -461,6 +620,47 @@ fn user_of(row: Row<'_>) -> Result<users::Model, ExecError> {
         created_at: row.get(Column::CreatedAt.as_str())?,
         updated_at: row.get(Column::UpdatedAt.as_str())?,
         version: row.get(Column::Version.as_str())?,
+    })
+}
+
+/// The change feed's position column (migration `change_feed`; not an entity field: it is the
+/// database's to set).
+const CHANGE_POSITION: &str = "change_position";
+
+/// A row of the change feed's statement.
+struct ChangeRow {
+    below: i64,
+    purged_below: i64,
+    /// `None` on the one row of a page without changes.
+    change: Option<(ChangeToken, Change)>,
+}
+
+fn change_of(row: Row<'_>) -> Result<ChangeRow, ExecError> {
+    let below = row.get("below")?;
+    let purged_below = row.get("purged_below")?;
+    let change = match row.get::<Option<Uuid>>(Column::Id.as_str())? {
+        None => None,
+        Some(id) => {
+            let version = row.get(Column::Version.as_str())?;
+            let position = row.get(CHANGE_POSITION)?;
+            let user = match row.get::<Option<String>>(Column::Email.as_str())? {
+                None => None,
+                Some(email) => Some(users::Model {
+                    id,
+                    email,
+                    name: row.get(Column::Name.as_str())?,
+                    created_at: row.get(Column::CreatedAt.as_str())?,
+                    updated_at: row.get(Column::UpdatedAt.as_str())?,
+                    version,
+                }),
+            };
+            Some((ChangeToken { position, id }, Change { id, version, user }))
+        }
+    };
+    Ok(ChangeRow {
+        below,
+        purged_below,
+        change,
     })
 }
 

@@ -9,9 +9,13 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi, Tags};
 use uuid::Uuid;
 
+use super::change_token::ChangeToken;
 use super::cursor::Cursor;
 use super::etag::{EntityTags, etag, if_match, none_match};
-use super::model::{CreateUserRequest, EmailKey, NamePrefix, UpdateUserRequest, User, UserPage};
+use super::model::{
+    ChangesPage, CreateUserRequest, EmailKey, NamePrefix, UpdateUserRequest, User, UserChange,
+    UserPage,
+};
 use super::repository::{ListQuery, RepoError, UserChanges};
 use super::store::UserStore;
 use crate::http::API_PREFIX;
@@ -20,10 +24,13 @@ use crate::http::encoded_json::EncodedJson;
 use crate::http::error::{ApiError, ErrorCode, Errors, error_set};
 
 const DEFAULT_LIMIT: u32 = 50;
+/// The change feed's default page size.
+const DEFAULT_CHANGES_LIMIT: u32 = 100;
 
 error_set!(CreateErrors: InvalidRequest, RequestTimeout, EmailTaken, PayloadTooLarge, UnsupportedMediaType);
 error_set!(ReadErrors: InvalidRequest, UserNotFound);
 error_set!(ListErrors: InvalidRequest);
+error_set!(ChangesErrors: InvalidRequest, ChangesExpired);
 error_set!(UpdateErrors: InvalidRequest, UserNotFound, RequestTimeout, EmailTaken, VersionMismatch, PayloadTooLarge, UnsupportedMediaType);
 error_set!(DeleteErrors: InvalidRequest, UserNotFound, VersionMismatch);
 
@@ -76,6 +83,13 @@ enum Listed {
 }
 
 #[derive(ApiResponse)]
+enum ChangesListed {
+    /// Changes in commit order, and the token for the next ones.
+    #[oai(status = 200)]
+    Ok(Json<ChangesPage>),
+}
+
+#[derive(ApiResponse)]
 enum Updated {
     /// The user after the update.
     #[oai(status = 200)]
@@ -110,11 +124,18 @@ pub struct UsersApi {
     users: UserStore,
     /// How long a client should wait before retrying when the database is unavailable.
     retry_after: Duration,
+    /// The longest a change-feed long poll holds an empty answer: a second inside the request
+    /// timeout, so it answers rather than time out.
+    max_wait: Duration,
 }
 
 impl UsersApi {
-    pub fn new(users: UserStore, retry_after: Duration) -> Self {
-        Self { users, retry_after }
+    pub fn new(users: UserStore, retry_after: Duration, request_timeout: Duration) -> Self {
+        Self {
+            users,
+            retry_after,
+            max_wait: request_timeout.saturating_sub(Duration::from_secs(1)),
+        }
     }
 
     fn fail(&self, key: Key) -> impl Fn(RepoError) -> ApiError + '_ {
@@ -128,6 +149,7 @@ impl UsersApi {
             ),
             RepoError::EmailTaken => ErrorCode::EmailTaken.into(),
             RepoError::VersionMismatch => ErrorCode::VersionMismatch.into(),
+            RepoError::ChangesExpired => ErrorCode::ChangesExpired.into(),
             RepoError::Unavailable(_) => {
                 ApiError::retry_after(ErrorCode::DatabaseUnavailable, self.retry_after)
             }
@@ -244,6 +266,48 @@ impl UsersApi {
         Ok(Listed::Ok(EncodedJson::serialize(&UserPage {
             items: page.items.into_iter().map(User::from).collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()),
+        })))
+    }
+
+    /// List changes to users in commit order: for each user changed after `since`, its
+    /// newest version or its deletion.
+    ///
+    /// Follow `next` from any token and you see every change after it, whichever instance
+    /// wrote it and whatever the clocks say (at least once: a user may come again); applying
+    /// the changes in order converges to the database's state. Without `since`, every user
+    /// there is, then the deletions still retained. Deletions are retained
+    /// `CHANGES_RETENTION_HOURS` (a week by default): a token older than that is 410
+    /// `changes_expired`, and the consumer starts again without `since`.
+    #[oai(
+        path = "/users/changes",
+        method = "get",
+        operation_id = "listUserChanges"
+    )]
+    async fn changes(
+        &self,
+        /// The `next` of the previous page; absent: from the start.
+        since: Query<Option<ChangeToken>>,
+        /// Changes per page, 1 to 1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Seconds to hold an empty answer until a change arrives, 0 to 30 (default 0: answer
+        /// at once); at most a second less than the request timeout.
+        #[oai(validator(maximum(value = "30")))]
+        wait: Query<Option<u32>>,
+        /// A write's `Consistency-Token`: the page reflects that write.
+        #[oai(name = "Consistency-Token")]
+        consistency: Header<Option<ConsistencyToken>>,
+    ) -> Result<ChangesListed, Errors<ChangesErrors>> {
+        let limit = limit.0.unwrap_or(DEFAULT_CHANGES_LIMIT).into();
+        let wait = Duration::from_secs(wait.0.unwrap_or(0).into()).min(self.max_wait);
+        let page = self
+            .users
+            .changes(since.0, limit, wait, freshness(consistency.0.as_ref()))
+            .await
+            .map_err(self.fail(Key::Id))?;
+        Ok(ChangesListed::Ok(Json(ChangesPage {
+            changes: page.changes.into_iter().map(UserChange::from).collect(),
+            next: page.next.encode(),
         })))
     }
 

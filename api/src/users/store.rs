@@ -1,16 +1,22 @@
 //! The users as the endpoints read and write them: the repository, with the cache (when
 //! `REDIS_URL` is set) in front of reads by id and by email, and every committed write carried
 //! to the cache before its response. The coherence rules are the cache wing's (cache/mod.rs).
+//! The change feed reads the database alone, and its long polls wake at this instance's
+//! writes.
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use entity::users;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::change_token::ChangeToken;
 use super::model::User;
 use super::repository::{
-    ListQuery, NewUser, Page, Precondition, RepoError, UserChanges, UserRepository,
+    ChangePage, ListQuery, NewUser, Page, Precondition, RepoError, UserChanges, UserRepository,
 };
 use crate::cache::{Cache, Entry, Read, Stamp};
 use crate::db::{Freshness, Lsn};
@@ -56,16 +62,51 @@ pub struct Committed<T> {
 pub struct UserStore {
     repository: UserRepository,
     cache: Option<Cache>,
+    /// Woken at each write this instance commits, for the change feed's long polls.
+    written: Arc<Notify>,
 }
+
+/// How often a change-feed long poll looks again for other instances' writes (this instance's
+/// wake it at once).
+const CHANGES_POLL: Duration = Duration::from_millis(250);
 
 impl UserStore {
     pub fn new(repository: UserRepository, cache: Option<Cache>) -> Self {
-        Self { repository, cache }
+        Self {
+            repository,
+            cache,
+            written: Arc::default(),
+        }
+    }
+
+    /// A page of the change feed (never cached: it is read in commit order from the database);
+    /// when it is empty, looked for again until a change arrives or `wait` has passed.
+    pub async fn changes(
+        &self,
+        since: Option<ChangeToken>,
+        limit: u64,
+        wait: Duration,
+        freshness: Freshness,
+    ) -> Result<ChangePage, RepoError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before the read, so a write committed meanwhile still wakes it.
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let page = self.repository.changes(since, limit, freshness).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !page.changes.is_empty() || left.is_zero() {
+                return Ok(page);
+            }
+            let _ = tokio::time::timeout(left.min(CHANGES_POLL), written).await;
+        }
     }
 
     pub async fn create(&self, new: NewUser) -> Result<Committed<(Uuid, UserJson)>, RepoError> {
         let stamp = self.stamp();
         let user = self.repository.create(new).await?;
+        self.written.notify_waiters();
         let id = user.id;
         let (json, position) = self.written(stamp, user).await;
         Ok(Committed {
@@ -142,6 +183,7 @@ impl UserStore {
     ) -> Result<Committed<UserJson>, RepoError> {
         let stamp = self.stamp();
         let user = self.repository.update(id, changes, precondition).await?;
+        self.written.notify_waiters();
         let (value, position) = self.written(stamp, user).await;
         Ok(Committed { value, position })
     }
@@ -152,6 +194,7 @@ impl UserStore {
         precondition: Precondition,
     ) -> Result<Committed<()>, RepoError> {
         self.repository.delete(id, precondition).await?;
+        self.written.notify_waiters();
         let forget = async {
             if let Some(cache) = &self.cache {
                 cache.delete(id).await;

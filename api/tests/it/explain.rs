@@ -23,7 +23,11 @@ async fn seed(db: &DatabaseConnection) {
                 CASE WHEN g % 6 = 0 THEN 'Common ' ELSE '' END || md5(g::text) || ' Name',
                 now() - g * interval '1 second', now() - (g % 5000) * interval '1 minute', 1
          FROM generate_series(1, {ROWS}) AS g;
-         ANALYZE users;"
+         INSERT INTO user_tombstones (id, version, change_position, deleted_at_secs)
+         SELECT gen_random_uuid(), 2, g, extract(epoch FROM now())::bigint - g
+         FROM generate_series(1, {ROWS} / 3) AS g;
+         ANALYZE users;
+         ANALYZE user_tombstones;"
     ))
     .await
     .expect("seed users");
@@ -158,6 +162,17 @@ async fn every_repository_statement_uses_an_index() {
         .delete(user.id, Precondition::Any)
         .await
         .unwrap_err();
+
+    // The change feed from the start and from a token, and the tombstones' purge.
+    let first = repository.changes(None, 100, Freshness::Any).await.unwrap();
+    repository
+        .changes(Some(first.next), 100, Freshness::Any)
+        .await
+        .unwrap();
+    repository
+        .purge_tombstones(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
 
     let statements = statements.lock().unwrap().clone();
     // Name searches in bounded time whatever the prefix: a stem 10,000 users share, a rare
@@ -352,13 +367,12 @@ fn rows_read(plan: &Json) -> u64 {
 fn sequential_scans(plan: &Json, found: &mut Vec<String>) {
     match plan {
         Json::Object(node) => {
-            if node.get("Node Type").and_then(Json::as_str) == Some("Seq Scan") {
-                found.push(
-                    node.get("Relation Name")
-                        .and_then(Json::as_str)
-                        .unwrap_or("?")
-                        .to_owned(),
-                );
+            let relation = node.get("Relation Name").and_then(Json::as_str);
+            // `change_feed` is one row by construction: a scan of it is its one page.
+            if node.get("Node Type").and_then(Json::as_str) == Some("Seq Scan")
+                && relation != Some("change_feed")
+            {
+                found.push(relation.unwrap_or("?").to_owned());
             }
             node.values()
                 .for_each(|child| sequential_scans(child, found));
@@ -374,6 +388,10 @@ fn sequential_scans(plan: &Json, found: &mut Vec<String>) {
 fn expected_index(sql: &str) -> Option<&'static str> {
     if sql.starts_with("INSERT") {
         None
+    } else if sql.contains("pg_current_snapshot") {
+        Some("users_change_position_id_idx")
+    } else if sql.contains("FROM user_tombstones WHERE deleted_at_secs") {
+        Some("user_tombstones_deleted_at_idx")
     } else if sql.contains("ORDER BY \"users\".\"updated_at\"") {
         Some("users_updated_at_id_idx")
     } else if sql.contains("ORDER BY lower(name)") {

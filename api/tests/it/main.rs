@@ -6,6 +6,7 @@
 mod common;
 
 mod cache;
+mod changes;
 mod concurrency;
 mod explain;
 mod fuzz;

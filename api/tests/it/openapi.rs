@@ -66,6 +66,7 @@ fn every_operation_has_an_id_and_declares_its_problems() {
             "createUser",
             "deleteUser",
             "getUser",
+            "listUserChanges",
             "listUsers",
             "live",
             "lookupUserByEmail",

@@ -1,0 +1,2 @@
+\set n random(1, 100000)
+UPDATE users SET updated_at = now(), version = version + 1, name = 'Bench Renamed' WHERE id = CAST(lpad(to_hex((1700000000000 + CAST(:n AS bigint) * 1000) >> 16), 8, '0') || lpad(to_hex((1700000000000 + CAST(:n AS bigint) * 1000) & 65535), 4, '0') || '70008000' || lpad(to_hex(CAST(:n AS bigint)), 12, '0') AS uuid) RETURNING id, email, name, created_at, updated_at, version;
