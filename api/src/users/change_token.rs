@@ -5,11 +5,7 @@
 //! the user id that breaks ties), exactly 32 characters of `[A-Za-z0-9_-]`. Every string of
 //! [`PATTERN`] decodes, so the spec's pattern is the whole contract.
 
-use std::borrow::Cow;
-
 use base64::Engine;
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
-use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
 use uuid::Uuid;
 
 use super::cursor::ENGINE;
@@ -64,39 +60,8 @@ impl ChangeToken {
     }
 }
 
-/// The `since` query parameter: decoded as it is parsed.
-impl Type for ChangeToken {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "string".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            pattern: Some(PATTERN.to_owned()),
-            ..MetaSchema::new("string")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromParameter for ChangeToken {
-    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        ChangeToken::decode(value).map_err(ParseError::custom)
-    }
-}
+// The query parameter: decoded as it is parsed, so a handler only sees valid ones.
+opaque_parameter!(ChangeToken, PATTERN, ChangeToken::decode);
 
 #[cfg(test)]
 mod tests {

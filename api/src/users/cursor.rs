@@ -8,13 +8,9 @@
 //! ([`Order::of`]): with `updated_since` the updated order, else with `name_prefix` the name
 //! order, else the created order.
 
-use std::borrow::Cow;
-
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeConfig};
 use chrono::{DateTime, Utc};
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
-use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
 use uuid::Uuid;
 
 /// The timestamp and the id.
@@ -107,39 +103,8 @@ impl Cursor {
     }
 }
 
-/// The `cursor` query parameter: decoded as it is parsed, so a handler only sees valid ones.
-impl Type for Cursor {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "string".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            pattern: Some(PATTERN.to_owned()),
-            ..MetaSchema::new("string")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromParameter for Cursor {
-    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        Cursor::decode(value).map_err(ParseError::custom)
-    }
-}
+// The query parameter: decoded as it is parsed, so a handler only sees valid ones.
+opaque_parameter!(Cursor, PATTERN, Cursor::decode);
 
 #[cfg(test)]
 mod tests {
