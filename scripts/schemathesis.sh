@@ -14,8 +14,9 @@ query=${TEST_DATABASE_URL#"$base"}
 port=18181
 # Tokens on, as in production: schemathesis checks that the declared bearer scheme is enforced.
 token=schemathesis-writer
+# A 3 s request timeout bounds the change feed's long polls (`wait`) to 2 s each.
 DATABASE_URL="${base%/*}/$db$query" HTTP_ADDR="127.0.0.1:$port" ADMIN_ADDR=127.0.0.1:19191 RUST_LOG=warn \
-  API_TOKENS="$token" target/debug/api &
+  HTTP_REQUEST_TIMEOUT_SECS=3 API_TOKENS="$token" target/debug/api &
 api=$!
 trap 'kill $api 2>/dev/null || true; wait $api 2>/dev/null || true; psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
 for _ in $(seq 1 100); do

@@ -6,8 +6,11 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use entity::users;
+use std::borrow::Cow;
+
 use poem_openapi::Object;
-use poem_openapi::types::MaybeUndefined;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::{MaybeUndefined, ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use regex::Regex;
 use uuid::Uuid;
 
@@ -180,7 +183,65 @@ pub struct UserChange {
     /// applying changes by version converges.
     pub version: i64,
     /// The user as it is now; `null` when it was deleted.
-    pub user: Option<User>,
+    pub user: UserOrDeleted,
+}
+
+/// A user, or `null` for a deleted one. poem-openapi writes an `Option` member as an optional
+/// `User`, which a `null` would violate; OpenAPI 3.0 writes "this schema or null" as
+/// `allOf: [User], nullable: true`, and the member is always present.
+#[derive(Debug)]
+pub struct UserOrDeleted(pub Option<User>);
+
+impl Type for UserOrDeleted {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "User or null".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            all_of: vec![User::schema_ref()],
+            nullable: true,
+            ..MetaSchema::ANY
+        }))
+    }
+
+    fn register(registry: &mut Registry) {
+        User::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ToJSON for UserOrDeleted {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(match &self.0 {
+            Some(user) => user.to_json()?,
+            None => serde_json::Value::Null,
+        })
+    }
+}
+
+impl ParseFromJSON for UserOrDeleted {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(Self(None)),
+            value => User::parse_from_json(value)
+                .map(|user| Self(Some(user)))
+                .map_err(ParseError::propagate),
+        }
+    }
 }
 
 impl From<Change> for UserChange {
@@ -188,7 +249,7 @@ impl From<Change> for UserChange {
         Self {
             id: change.id,
             version: change.version,
-            user: change.user.map(User::from),
+            user: UserOrDeleted(change.user.map(User::from)),
         }
     }
 }

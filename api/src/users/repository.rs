@@ -553,7 +553,8 @@ impl UserRepository {
         let (below, purged_below) = rows
             .first()
             .map_or((0, 0), |row| (row.below, row.purged_below));
-        if since.is_some_and(|since| since.position < purged_below) {
+        // Expired only if a deletion after it was forgotten (nothing is before 0).
+        if purged_below > 0 && since.is_some_and(|since| since.position < purged_below) {
             return Err(RepoError::ChangesExpired);
         }
         let changes: Vec<(ChangeToken, Change)> =

@@ -292,7 +292,7 @@ impl UsersApi {
         limit: Query<Option<u32>>,
         /// Seconds to hold an empty answer until a change arrives, 0 to 30 (default 0: answer
         /// at once); at most a second less than the request timeout.
-        #[oai(validator(maximum(value = "30")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "30")))]
         wait: Query<Option<u32>>,
         /// A write's `Consistency-Token`: the page reflects that write.
         #[oai(name = "Consistency-Token")]
