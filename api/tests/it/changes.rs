@@ -308,20 +308,18 @@ async fn writers_on_two_instances_and_a_consumer_lose_nothing() {
         .await
         .unwrap();
     assert!(!deleted.is_empty(), "the writers deleted some");
-    // The last commits show once every older transaction of the cluster has ended.
+    // The last commits show once every older transaction of the cluster has ended (other
+    // tests' too): follow the feed until it has caught up with the database, or fail.
     let expected = live.len() + deleted.len();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while converge(&seen)
-        .values()
-        .filter(|(_, user)| !user.is_null())
-        .count()
-        < live.len()
-        || converge(&seen)
-            .values()
-            .filter(|(_, user)| user.is_null())
-            .count()
-            < deleted.len()
-    {
+    let caught_up = |state: &HashMap<String, (i64, Value)>| {
+        live.iter().chain(&deleted).all(|(id, version)| {
+            state
+                .get(&id.to_string())
+                .is_some_and(|(v, _)| v == version)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !caught_up(&converge(&seen)) {
         assert!(Instant::now() < deadline, "the feed did not catch up");
         let token = since.clone().unwrap();
         let (changes, next) = page(&instances[0], &format!("?since={token}&limit=7&wait=1")).await;
