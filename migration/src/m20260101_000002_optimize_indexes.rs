@@ -9,11 +9,8 @@
 //! BINARY collation, which already compares byte-wise as `text_pattern_ops` does.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::online_index::{
-    Index, build_concurrently, dedicated, drop_concurrently, with_lock_retries,
-};
+use crate::online_index::{Index, create_all, drop_all};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -51,37 +48,10 @@ impl MigrationTrait for Migration {
     }
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            let db = manager.get_connection();
-            for index in &INDEXES {
-                db.execute_unprepared(&format!(
-                    "CREATE INDEX IF NOT EXISTS {} {}",
-                    index.name, index.sqlite
-                ))
-                .await?;
-            }
-            return Ok(());
-        }
-        let mut conn = dedicated(manager).await?;
-        for index in &INDEXES {
-            build_concurrently(&mut conn, index).await?;
-        }
-        Ok(())
+        create_all(manager, &INDEXES).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            let db = manager.get_connection();
-            for index in &INDEXES {
-                db.execute_unprepared(&format!("DROP INDEX IF EXISTS {}", index.name))
-                    .await?;
-            }
-            return Ok(());
-        }
-        let mut conn = dedicated(manager).await?;
-        for index in &INDEXES {
-            with_lock_retries(&mut conn, &drop_concurrently(index.name)).await?;
-        }
-        Ok(())
+        drop_all(manager, &INDEXES).await
     }
 }

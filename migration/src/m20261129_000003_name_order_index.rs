@@ -8,12 +8,9 @@
 //! SQLite's default collation already compares byte-wise.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::m20260101_000002_optimize_indexes::NAME_PREFIX;
-use crate::online_index::{
-    Index, build_concurrently, dedicated, drop_concurrently, with_lock_retries,
-};
+use crate::online_index::{Index, create_all, drop_all};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -43,18 +40,6 @@ impl MigrationTrait for Migration {
 
 /// Builds `new`, then drops `old`.
 async fn replace(manager: &SchemaManager<'_>, new: &Index, old: &Index) -> Result<(), DbErr> {
-    if manager.get_database_backend() != DbBackend::Postgres {
-        let db = manager.get_connection();
-        db.execute_unprepared(&format!(
-            "CREATE INDEX IF NOT EXISTS {} {}",
-            new.name, new.sqlite
-        ))
-        .await?;
-        db.execute_unprepared(&format!("DROP INDEX IF EXISTS {}", old.name))
-            .await?;
-        return Ok(());
-    }
-    let mut conn = dedicated(manager).await?;
-    build_concurrently(&mut conn, new).await?;
-    with_lock_retries(&mut conn, &drop_concurrently(old.name)).await
+    create_all(manager, std::slice::from_ref(new)).await?;
+    drop_all(manager, std::slice::from_ref(old)).await
 }

@@ -2,11 +2,8 @@
 //! range. Built online, as every index on the live table ([`crate::online_index`]).
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::online_index::{
-    Index, build_concurrently, dedicated, drop_concurrently, with_lock_retries,
-};
+use crate::online_index::{Index, create_all, drop_all};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -25,25 +22,10 @@ impl MigrationTrait for Migration {
     }
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            let sql = format!(
-                "CREATE INDEX IF NOT EXISTS {} {}",
-                CHANGE_ORDER.name, CHANGE_ORDER.sqlite
-            );
-            manager.get_connection().execute_unprepared(&sql).await?;
-            return Ok(());
-        }
-        let mut conn = dedicated(manager).await?;
-        build_concurrently(&mut conn, &CHANGE_ORDER).await
+        create_all(manager, &[CHANGE_ORDER]).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            let sql = format!("DROP INDEX IF EXISTS {}", CHANGE_ORDER.name);
-            manager.get_connection().execute_unprepared(&sql).await?;
-            return Ok(());
-        }
-        let mut conn = dedicated(manager).await?;
-        with_lock_retries(&mut conn, &drop_concurrently(CHANGE_ORDER.name)).await
+        drop_all(manager, &[CHANGE_ORDER]).await
     }
 }

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DatabaseExecutor;
 use sea_orm_migration::sea_orm::sqlx::{self, Connection as _, PgConnection};
+use sea_orm_migration::sea_orm::{DatabaseExecutor, DbBackend};
 
 /// An index, as each backend writes it.
 pub struct Index {
@@ -47,6 +47,39 @@ pub async fn dedicated(manager: &SchemaManager<'_>) -> Result<PgConnection, DbEr
         .await
         .map_err(sqlx_err)?;
     Ok(conn)
+}
+
+/// Creates `indexes` that do not exist yet: on PostgreSQL online (a dedicated connection,
+/// `CONCURRENTLY`, an INVALID leftover rebuilt, lock retries), on SQLite plainly.
+pub async fn create_all(manager: &SchemaManager<'_>, indexes: &[Index]) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        for index in indexes {
+            let sql = format!("CREATE INDEX IF NOT EXISTS {} {}", index.name, index.sqlite);
+            manager.get_connection().execute_unprepared(&sql).await?;
+        }
+        return Ok(());
+    }
+    let mut conn = dedicated(manager).await?;
+    for index in indexes {
+        build_concurrently(&mut conn, index).await?;
+    }
+    Ok(())
+}
+
+/// Drops `indexes` that exist: on PostgreSQL `CONCURRENTLY` with lock retries.
+pub async fn drop_all(manager: &SchemaManager<'_>, indexes: &[Index]) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        for index in indexes {
+            let sql = format!("DROP INDEX IF EXISTS {}", index.name);
+            manager.get_connection().execute_unprepared(&sql).await?;
+        }
+        return Ok(());
+    }
+    let mut conn = dedicated(manager).await?;
+    for index in indexes {
+        with_lock_retries(&mut conn, &drop_concurrently(index.name)).await?;
+    }
+    Ok(())
 }
 
 pub fn drop_concurrently(name: &str) -> String {

@@ -87,3 +87,39 @@ fn an_unreachable_database_is_named_with_its_cause() {
         assert!(!logged.contains("canary-password"), "{logged}");
     }
 }
+
+/// A failed readiness probe answers a bare 503 (a load balancer learns nothing of the
+/// topology) and logs the database's `host:port` and the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_readiness_probe_logs_the_server_and_the_cause() {
+    use crate::common::binary::{Binary, exchange};
+    use crate::common::replica::{ReplicaPair, Server};
+
+    let pair = ReplicaPair::start();
+    let url = pair.primary_url();
+    let endpoint = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let service = Binary::start(&url, &[("DB_ACQUIRE_TIMEOUT_SECS", "1")], None).await;
+    let probe = "GET /health/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let ready = exchange(service.public, probe).await.unwrap();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    pair.stop(Server::Primary);
+    let unready = exchange(service.public, probe).await.unwrap();
+    assert!(unready.starts_with("HTTP/1.1 503"), "{unready}");
+    assert!(
+        !unready.contains(&endpoint),
+        "the answer names no server: {unready}"
+    );
+    let logs = service.stop().await;
+    let line = logs
+        .lines()
+        .find(|line| line.contains("not ready"))
+        .unwrap_or_else(|| panic!("a WARN for the failed probe in {logs}"));
+    assert!(line.contains(&endpoint), "{line}");
+    assert!(line.contains("\"error\""), "the cause: {line}");
+}
