@@ -285,22 +285,22 @@ fn client_config(
     client_certificate: Option<&(PathBuf, PathBuf)>,
 ) -> Result<ClientConfig, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-            Arc::new(Unverified(Arc::clone(&provider)))
-        }
+    let chain = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let roots = root_store(roots.unwrap_or(&Roots::System))?;
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                     .build()
                     .map_err(|error| ServerError::Tls(TlsError::General(error.to_string())))?;
-            match mode {
-                SslMode::VerifyCa => Arc::new(AnyName(webpki)),
-                _ => webpki,
-            }
+            Some(webpki)
         }
     };
+    let verifier = Arc::new(LibpqVerifier {
+        chain,
+        check_name: mode == SslMode::VerifyFull,
+        provider: Arc::clone(&provider),
+    });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -308,9 +308,7 @@ fn client_config(
     Ok(match client_certificate {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|error| file_error("sslcert", cert, error))?;
+            let chain = certificates("sslcert", cert)?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|error| file_error("sslkey", key, error))?;
             builder.with_client_auth_cert(chain, key)?
@@ -328,16 +326,23 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, ServerError> {
             }
         }
         Roots::File(path) => {
-            let certificates = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|error| file_error("sslrootcert", path, error))?;
-            let (added, _) = store.add_parsable_certificates(certificates);
+            let (added, _) = store.add_parsable_certificates(certificates("sslrootcert", path)?);
             if added == 0 {
                 return Err(file_error("sslrootcert", path, "no certificate in it"));
             }
         }
     }
     Ok(store)
+}
+
+/// The certificates of the PEM file `path`, named by the URL `parameter` that gave it.
+fn certificates(
+    parameter: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, ServerError> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|error| file_error(parameter, path, error))
 }
 
 fn file_error(
@@ -352,21 +357,36 @@ fn file_error(
     }
 }
 
-/// `prefer` and `require`: encrypted, the certificate taken as it comes (libpq's meaning). The
-/// handshake's signatures are still checked, so the server holds the certificate's key.
+/// What libpq checks of the server's certificate: nothing (`prefer`, `require`: encrypted, the
+/// certificate taken as it comes), the chain to a trusted root (`verify-ca`), or the chain and
+/// the host name (`verify-full`). The handshake's signatures are checked in every mode, so the
+/// server holds the certificate's key.
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
+struct LibpqVerifier {
+    /// `None`: the chain is not checked.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for Unverified {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(TlsError::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            verified => verified,
+        }
     }
 
     fn verify_tls12_signature(
@@ -379,7 +399,7 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -393,60 +413,14 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the name it was issued for is not
-/// compared with the host.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(TlsError::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
