@@ -104,12 +104,8 @@ pub async fn migrate(
     direct: bool,
     timeout: Duration,
 ) -> Result<(), MigrateError> {
-    let lock_error = |source| MigrateError::Lock {
-        endpoint: server.endpoint().to_owned(),
-        source,
-    };
-    refuse_transaction_pooler(server, direct).await?;
-    let lock = open(server).await?;
+    let lock_error = lock_error(server);
+    let lock = session_of_its_own(server, direct).await?;
     let started = Instant::now();
     let mut said = false;
     loop {
@@ -159,15 +155,20 @@ async fn open(server: &PgServer) -> Result<Client, ConnectError> {
     Ok(client)
 }
 
-/// Two sessions opened together run on different server processes, unless a pooler hands
-/// out server connections per transaction: then the second, idle pool's most recently used
-/// connection is the first's. (Under other traffic the pooler may hand out another one; the
-/// check can then miss, never refuse wrongly.)
-async fn refuse_transaction_pooler(server: &PgServer, direct: bool) -> Result<(), MigrateError> {
-    let lock_error = |source| MigrateError::Lock {
+fn lock_error(server: &PgServer) -> impl Fn(tokio_postgres::Error) -> MigrateError + Copy + '_ {
+    |source| MigrateError::Lock {
         endpoint: server.endpoint().to_owned(),
         source,
-    };
+    }
+}
+
+/// A session for the lock, refused when it is not a session of its own: two sessions opened
+/// together run on different server processes, unless a pooler hands out server connections
+/// per transaction: then the second, idle pool's most recently used connection is the first's.
+/// (Under other traffic the pooler may hand out another one; the check can then miss, never
+/// refuse wrongly.) The first session is the one returned.
+async fn session_of_its_own(server: &PgServer, direct: bool) -> Result<Client, MigrateError> {
+    let lock_error = lock_error(server);
     let first = open(server).await?;
     let second = open(server).await?;
     let mut pids = [0; 2];
@@ -189,7 +190,7 @@ async fn refuse_transaction_pooler(server: &PgServer, direct: bool) -> Result<()
             pid: pids[0],
         });
     }
-    Ok(())
+    Ok(first)
 }
 
 async fn holder(client: &Client) -> Result<Holder, tokio_postgres::Error> {
