@@ -49,9 +49,9 @@ impl Tokens {
         self.digests.is_empty()
     }
 
-    /// The access of `token`, looking at every digest whatever matches, in constant time.
-    fn access(&self, token: &str) -> Option<Access> {
-        let presented = TokenDigest::of(token);
+    /// The access of a presented token (its digest), looking at every digest whatever
+    /// matches, in constant time.
+    fn access(&self, presented: &TokenDigest) -> Option<Access> {
         let mut found = None;
         for (digest, access) in &self.digests {
             if bool::from(digest.as_bytes().ct_eq(presented.as_bytes())) {
@@ -107,10 +107,11 @@ impl<E: Endpoint> Endpoint for GuardEndpoint<E> {
 
 impl<E> GuardEndpoint<E> {
     fn admit(&self, request: &Request) -> Result<(), ApiError> {
-        let token = bearer(request);
+        // Digested once, for the check and the rate limit's key.
+        let token = bearer(request).map(TokenDigest::of);
         let tokens = &self.guard.tokens;
         if !tokens.is_empty() {
-            match token.and_then(|token| tokens.access(token)) {
+            match token.as_ref().and_then(|token| tokens.access(token)) {
                 None => return Err(ErrorCode::Unauthorized.into()),
                 Some(Access::ReadOnly) if !is_read(request.method()) => {
                     return Err(ErrorCode::Forbidden.into());
@@ -122,7 +123,7 @@ impl<E> GuardEndpoint<E> {
             // Per token when one is presented (a digest: the token itself is kept nowhere),
             // else per client address.
             let key = match token {
-                Some(token) => hex(TokenDigest::of(token).as_bytes()),
+                Some(token) => hex(token.as_bytes()),
                 None => request
                     .extensions()
                     .get::<ClientAddress>()
@@ -165,10 +166,16 @@ mod tests {
             &[TokenDigest::of("writer-token")],
             &[TokenDigest::of("reader-token")],
         );
-        assert_eq!(tokens.access("writer-token"), Some(Access::ReadWrite));
-        assert_eq!(tokens.access("reader-token"), Some(Access::ReadOnly));
-        assert_eq!(tokens.access("writer-tokeN"), None);
-        assert_eq!(tokens.access(""), None);
+        assert_eq!(
+            tokens.access(&TokenDigest::of("writer-token")),
+            Some(Access::ReadWrite)
+        );
+        assert_eq!(
+            tokens.access(&TokenDigest::of("reader-token")),
+            Some(Access::ReadOnly)
+        );
+        assert_eq!(tokens.access(&TokenDigest::of("writer-tokeN")), None);
+        assert_eq!(tokens.access(&TokenDigest::of("")), None);
         assert!(Tokens::new(&[], &[]).is_empty());
     }
 }
