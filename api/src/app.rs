@@ -100,7 +100,12 @@ fn api_service(
     cache: Option<Cache>,
 ) -> OpenApiService<(UsersApi, HealthApi), ()> {
     let store = UserStore::new(UserRepository::new(&db), cache);
-    let users = UsersApi::new(store, config.pool.acquire_timeout, config.request_timeout);
+    let users = UsersApi::new(
+        store,
+        config.pool.acquire_timeout,
+        config.request_timeout,
+        config.idempotency_ttl,
+    );
     OpenApiService::new(
         (users, HealthApi::new(db)),
         "user-service",

@@ -53,6 +53,8 @@ pub struct Config {
     pub rate_limit_per_second: Option<NonZeroU32>,
     /// How long the change feed keeps deletions (tombstones); an older token is 410.
     pub changes_retention: Duration,
+    /// How long an idempotency key's answer is kept (and a repeat answered from it).
+    pub idempotency_ttl: Duration,
     /// `None`: no cache, every read goes to the database.
     pub cache: Option<CacheConfig>,
     /// `None`: no replica, every statement goes to `DATABASE_URL`.
@@ -283,6 +285,7 @@ impl Config {
             changes_retention: Duration::from_secs(
                 u64::from(env.number("CHANGES_RETENTION_HOURS", 168, 1, 87_600)?) * 3600,
             ),
+            idempotency_ttl: env.secs("IDEMPOTENCY_TTL_SECS", 86_400, 1)?,
             api_tokens: env.tokens(("API_TOKENS", "API_TOKENS_FILE"))?,
             api_read_tokens: env.tokens(("API_READ_TOKENS", "API_READ_TOKENS_FILE"))?,
             trusted_proxies: env.networks("TRUSTED_PROXIES")?,
@@ -565,6 +568,7 @@ mod tests {
         assert_eq!(config.otel_service_name, "user-service");
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert_eq!(config.changes_retention, Duration::from_secs(168 * 3600));
+        assert_eq!(config.idempotency_ttl, Duration::from_secs(86_400));
         assert!(config.api_tokens.is_empty() && config.api_read_tokens.is_empty());
         assert!(config.cors_allowed_origins.is_empty());
         assert_eq!(config.rate_limit_per_second, None);
@@ -610,6 +614,7 @@ mod tests {
             ("DB_MIGRATION_LOCK_TIMEOUT_SECS", "30"),
             ("DB_APPLICATION_NAME", "users-eu"),
             ("CHANGES_RETENTION_HOURS", "24"),
+            ("IDEMPOTENCY_TTL_SECS", "3600"),
             ("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
             ("REDIS_CA_FILE", "/etc/ssl/redis-ca.pem"),
         ])
@@ -660,6 +665,7 @@ mod tests {
         assert_eq!(config.migration_lock_timeout, Duration::from_secs(30));
         assert_eq!(config.application_name, "users-eu");
         assert_eq!(config.changes_retention, Duration::from_secs(24 * 3600));
+        assert_eq!(config.idempotency_ttl, Duration::from_secs(3600));
         assert_eq!(
             config.trusted_proxies,
             [
@@ -735,6 +741,7 @@ mod tests {
             ("DATABASE_MIGRATION_URL", "mysql://db"),
             ("DB_MIGRATION_LOCK_TIMEOUT_SECS", "0"),
             ("CHANGES_RETENTION_HOURS", "0"),
+            ("IDEMPOTENCY_TTL_SECS", "0"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("TRUSTED_PROXIES", "lb"),
             ("API_TOKENS_FILE", "/nonexistent/tokens"),

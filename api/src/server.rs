@@ -121,8 +121,9 @@ pub async fn run_until(
     served
 }
 
-/// Every `interval`: recycles old and idle database connections, refreshes the pool gauges
-/// and forgets the change feed's tombstones past `retention`; runs the recorder's upkeep.
+/// Every `interval`: recycles old and idle database connections, refreshes the pool gauges,
+/// forgets the change feed's tombstones past `retention` and expired idempotency keys; runs
+/// the recorder's upkeep.
 async fn housekeeping(
     metrics: Metrics,
     db: Database,
@@ -138,9 +139,12 @@ async fn housekeeping(
             _ = pool_tick.tick() => {
                 db.housekeeping().await;
                 refresh_pool();
+                // Retried at the next tick; meanwhile what expired only waits longer.
                 if let Err(error) = users.purge_tombstones(retention).await {
-                    // Retried at the next tick; meanwhile tombstones only wait longer.
                     tracing::warn!(%error, "forgetting expired tombstones failed");
+                }
+                if let Err(error) = users.purge_idempotency_keys().await {
+                    tracing::warn!(%error, "forgetting expired idempotency keys failed");
                 }
             }
             _ = upkeep_tick.tick() => metrics.run_upkeep(),

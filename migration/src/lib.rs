@@ -12,6 +12,7 @@ mod m20260101_000002_optimize_indexes;
 mod m20261129_000003_name_order_index;
 mod m20261130_000004_change_feed;
 mod m20261130_000005_change_position_index;
+mod m20261130_000006_idempotency_keys;
 mod online_index;
 
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_name_order_index::Migration),
             Box::new(m20261130_000004_change_feed::Migration),
             Box::new(m20261130_000005_change_position_index::Migration),
+            Box::new(m20261130_000006_idempotency_keys::Migration),
         ]
     }
 }

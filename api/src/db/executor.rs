@@ -5,7 +5,10 @@
 //! column name ([`Row`]), so a repository writes each operation once.
 
 use sea_orm::sea_query::Value;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, TryGetable};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult, Statement,
+    TransactionTrait, TryGetable,
+};
 use tokio_postgres::types::FromSql;
 
 use super::observe::{Call, Failure, observe};
@@ -45,6 +48,7 @@ impl From<tokio_postgres::Error> for ExecError {
 }
 
 /// One row of a result, whichever backend returned it.
+#[derive(Clone, Copy)]
 pub enum Row<'a> {
     Postgres(&'a tokio_postgres::Row),
     Sqlite(&'a QueryResult),
@@ -111,15 +115,7 @@ impl Database {
             }
             None => {
                 let call = self.call(target, &statement.sql, None);
-                observe(call, async {
-                    self.orm
-                        .query_all_raw(statement.clone())
-                        .await?
-                        .iter()
-                        .map(|row| decode(Row::Sqlite(row)))
-                        .collect()
-                })
-                .await
+                fetch_orm(&self.orm, call, statement, decode).await
             }
         }
     }
@@ -132,14 +128,18 @@ impl Database {
                 let lane = target.operation.lane();
                 observe(call, pg.execute(lane, &statement.sql, values(statement))).await
             }
-            None => {
-                let executed = async {
-                    let result = self.orm.execute_raw(statement.clone()).await?;
-                    Ok::<_, ExecError>(result.rows_affected())
-                };
-                observe(call, executed).await
-            }
+            None => execute_orm(&self.orm, call, statement).await,
         }
+    }
+
+    /// SQLite: a transaction, for writes that must commit together (PostgreSQL's write them
+    /// as one statement, the pipelined connections holding no transaction open).
+    pub async fn begin(&self) -> Result<Transaction<'_>, ErrorKind> {
+        let transaction = self.orm.begin().await.map_err(|error| error.kind())?;
+        Ok(Transaction {
+            db: self,
+            transaction,
+        })
     }
 
     fn call<'a>(&self, target: Target, sql: &'a str, pool: Option<Pool>) -> Call<'a> {
@@ -151,6 +151,68 @@ impl Database {
             pool,
         }
     }
+}
+
+/// Statements that commit together or not at all (SQLite; see [`Database::begin`]); rolled
+/// back when dropped uncommitted.
+pub struct Transaction<'a> {
+    db: &'a Database,
+    transaction: DatabaseTransaction,
+}
+
+impl Transaction<'_> {
+    pub async fn fetch<T>(
+        &self,
+        target: Target,
+        statement: &Statement,
+        decode: impl Fn(Row<'_>) -> Result<T, ExecError>,
+    ) -> Result<Vec<T>, ErrorKind> {
+        let call = self.db.call(target, &statement.sql, None);
+        fetch_orm(&self.transaction, call, statement, &decode).await
+    }
+
+    pub async fn execute(&self, target: Target, statement: &Statement) -> Result<u64, ErrorKind> {
+        let call = self.db.call(target, &statement.sql, None);
+        execute_orm(&self.transaction, call, statement).await
+    }
+
+    pub async fn commit(self) -> Result<(), ErrorKind> {
+        self.transaction
+            .commit()
+            .await
+            .map_err(|error| error.kind())
+    }
+}
+
+/// A statement that returns rows, through SeaORM (SQLite).
+async fn fetch_orm<T>(
+    connection: &impl ConnectionTrait,
+    call: Call<'_>,
+    statement: &Statement,
+    decode: &impl Fn(Row<'_>) -> Result<T, ExecError>,
+) -> Result<Vec<T>, ErrorKind> {
+    observe(call, async {
+        connection
+            .query_all_raw(statement.clone())
+            .await?
+            .iter()
+            .map(|row| decode(Row::Sqlite(row)))
+            .collect()
+    })
+    .await
+}
+
+/// A statement that returns no rows, through SeaORM (SQLite); the rows it touched.
+async fn execute_orm(
+    connection: &impl ConnectionTrait,
+    call: Call<'_>,
+    statement: &Statement,
+) -> Result<u64, ErrorKind> {
+    let executed = async {
+        let result = connection.execute_raw(statement.clone()).await?;
+        Ok::<_, ExecError>(result.rows_affected())
+    };
+    observe(call, executed).await
 }
 
 /// A statement's values.

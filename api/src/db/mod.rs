@@ -9,7 +9,7 @@ pub mod postgres;
 pub mod replica;
 pub mod server;
 
-pub use executor::{ExecError, Row, Target};
+pub use executor::{ExecError, Row, Target, Transaction};
 pub use migrate::MigrateError;
 pub use observe::{Call, ErrorKind, Failure, observe, record_not_found};
 pub use operation::Operation;

@@ -35,6 +35,18 @@ pub enum Operation {
     /// The primary's WAL position after a write, for its `Consistency-Token`.
     #[strum(serialize = "wal.position")]
     WalPosition,
+    /// An idempotency key's stored answer, read after a keyed write conflicted.
+    #[strum(serialize = "idempotency_key.find")]
+    FindIdempotencyKey,
+    /// SQLite: a keyed write takes its key, in the write's transaction.
+    #[strum(serialize = "idempotency_key.claim")]
+    ClaimIdempotencyKey,
+    /// SQLite: a keyed write's answer, stored in the write's transaction.
+    #[strum(serialize = "idempotency_key.store")]
+    StoreIdempotencyKey,
+    /// Expired idempotency keys, forgotten.
+    #[strum(serialize = "idempotency_key.purge")]
+    PurgeIdempotencyKeys,
 }
 
 impl Operation {
@@ -53,9 +65,13 @@ impl Operation {
             | Operation::SearchUsersByName
             | Operation::UserVersion
             | Operation::ListUserChanges
-            | Operation::WalPosition => "SELECT",
-            Operation::UpdateUser => "UPDATE",
-            Operation::DeleteUser | Operation::PurgeTombstones => "DELETE",
+            | Operation::WalPosition
+            | Operation::FindIdempotencyKey => "SELECT",
+            Operation::ClaimIdempotencyKey => "INSERT",
+            Operation::UpdateUser | Operation::StoreIdempotencyKey => "UPDATE",
+            Operation::DeleteUser
+            | Operation::PurgeTombstones
+            | Operation::PurgeIdempotencyKeys => "DELETE",
         }
     }
 
@@ -68,7 +84,11 @@ impl Operation {
             | Operation::UpdateUser
             | Operation::DeleteUser
             | Operation::UserVersion
-            | Operation::PurgeTombstones => Lane::Write,
+            | Operation::PurgeTombstones
+            | Operation::FindIdempotencyKey
+            | Operation::ClaimIdempotencyKey
+            | Operation::StoreIdempotencyKey
+            | Operation::PurgeIdempotencyKeys => Lane::Write,
             Operation::FindUserById | Operation::FindUserByEmail | Operation::WalPosition => {
                 Lane::Point
             }

@@ -790,15 +790,21 @@ impl<'a> Params<'a> {
 
 impl Param<'_> {
     fn pg_type(&self) -> Type {
-        match self.0 {
-            Value::String(_) => Type::TEXT,
-            Value::ChronoDateTimeUtc(_) => Type::TIMESTAMPTZ,
-            Value::Uuid(_) => Type::UUID,
-            Value::BigInt(_) | Value::BigUnsigned(_) => Type::INT8,
-            Value::Int(_) => Type::INT4,
-            Value::Bool(_) => Type::BOOL,
-            _ => Type::UNKNOWN,
-        }
+        pg_type(self.0)
+    }
+}
+
+/// The PostgreSQL type a value binds as: what an unnamed statement declares, and what a
+/// statement casts a parameter to where the server has no column to infer it from.
+pub fn pg_type(value: &Value) -> Type {
+    match value {
+        Value::String(_) => Type::TEXT,
+        Value::ChronoDateTimeUtc(_) => Type::TIMESTAMPTZ,
+        Value::Uuid(_) => Type::UUID,
+        Value::BigInt(_) | Value::BigUnsigned(_) => Type::INT8,
+        Value::Int(_) => Type::INT4,
+        Value::Bool(_) => Type::BOOL,
+        _ => Type::UNKNOWN,
     }
 }
 

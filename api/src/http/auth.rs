@@ -6,6 +6,7 @@
 //! time, so neither memory dumps nor timing reveal a token. With no token configured the API is
 //! open (`build` warns at start, and the served spec says so).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use poem::http::{Method, header};
@@ -97,21 +98,25 @@ pub struct GuardEndpoint<E> {
 impl<E: Endpoint> Endpoint for GuardEndpoint<E> {
     type Output = Response;
 
-    async fn call(&self, request: Request) -> Result<Response> {
+    async fn call(&self, mut request: Request) -> Result<Response> {
         if is_guarded(request.uri().path()) {
-            self.admit(&request)?;
+            let principal = Principal::of(&request);
+            self.admit(&request, &principal)?;
+            request.extensions_mut().insert(principal);
         }
         Ok(self.inner.call(request).await?.into_response())
     }
 }
 
 impl<E> GuardEndpoint<E> {
-    fn admit(&self, request: &Request) -> Result<(), ApiError> {
-        // Digested once, for the check and the rate limit's key.
-        let token = bearer(request).map(TokenDigest::of);
+    fn admit(&self, request: &Request, principal: &Principal) -> Result<(), ApiError> {
         let tokens = &self.guard.tokens;
         if !tokens.is_empty() {
-            match token.as_ref().and_then(|token| tokens.access(token)) {
+            let token = match principal {
+                Principal::Token(token) => Some(token),
+                Principal::Client(_) => None,
+            };
+            match token.and_then(|token| tokens.access(token)) {
                 None => return Err(ErrorCode::Unauthorized.into()),
                 Some(Access::ReadOnly) if !is_read(request.method()) => {
                     return Err(ErrorCode::Forbidden.into());
@@ -120,18 +125,42 @@ impl<E> GuardEndpoint<E> {
             }
         }
         if let Some(rate_limit) = &self.guard.rate_limit {
-            // Per token when one is presented (a digest: the token itself is kept nowhere),
-            // else per client address.
-            let key = match token {
-                Some(token) => hex(token.as_bytes()),
-                None => request
-                    .extensions()
-                    .get::<ClientAddress>()
-                    .map_or_else(|| "unknown".to_owned(), |client| client.0.to_string()),
-            };
-            rate_limit.check(key)?;
+            rate_limit.check(principal.key())?;
         }
         Ok(())
+    }
+}
+
+/// Whom a request of the API acts for: the bearer token it presents (its digest: the token
+/// itself is kept nowhere), else the client's address. The rate limit counts per principal
+/// and idempotency keys are scoped to one; in the request's extensions past the guard.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    Token(TokenDigest),
+    Client(Option<IpAddr>),
+}
+
+impl Principal {
+    fn of(request: &Request) -> Self {
+        // Digested once, for the check, the rate limit and the keys' scope.
+        match bearer(request) {
+            Some(token) => Principal::Token(TokenDigest::of(token)),
+            None => Principal::Client(
+                request
+                    .extensions()
+                    .get::<ClientAddress>()
+                    .map(|client| client.0),
+            ),
+        }
+    }
+
+    /// One text per principal, never the same for two (a digest is hex, an address is not).
+    pub fn key(&self) -> String {
+        match self {
+            Principal::Token(token) => hex::encode(token.as_bytes()),
+            Principal::Client(Some(address)) => address.to_string(),
+            Principal::Client(None) => "unknown".to_owned(),
+        }
     }
 }
 
@@ -150,10 +179,6 @@ fn bearer(request: &Request) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

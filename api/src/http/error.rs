@@ -32,6 +32,8 @@ pub enum ErrorCode {
     EmailTaken,
     VersionMismatch,
     ChangesExpired,
+    IdempotencyKeyReused,
+    IdempotencyInProgress,
     PayloadTooLarge,
     UnsupportedMediaType,
     RequestTimeout,
@@ -124,6 +126,21 @@ impl ErrorCode {
                 "the change token is older than the feed's retention: deletions after it may be \
                  forgotten; read the feed again without `since`",
                 false,
+            ),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                "this `Idempotency-Key` was used for another request; a new request needs a new key",
+                false,
+            ),
+            IdempotencyInProgress => (
+                StatusCode::CONFLICT,
+                "idempotency_in_progress",
+                "Idempotency key in progress",
+                "a request with this `Idempotency-Key` is running; retry after `Retry-After` \
+                 seconds for its answer",
+                true,
             ),
             PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -426,10 +443,17 @@ impl<S: ErrorSet> ApiResponse for Errors<S> {
                         schema: Problem::schema_ref(),
                     }],
                     headers: if same_status.iter().any(|code| code.row().retry) {
+                        // Required when every code of the status carries it.
+                        let required = same_status.iter().all(|code| code.row().retry);
                         vec![MetaHeader {
                             name: "Retry-After".to_owned(),
-                            description: Some("Seconds to wait before retrying.".to_owned()),
-                            required: true,
+                            description: Some(if required {
+                                "Seconds to wait before retrying.".to_owned()
+                            } else {
+                                "Seconds to wait before retrying, with the codes that say so."
+                                    .to_owned()
+                            }),
+                            required,
                             deprecated: false,
                             schema: u64::schema_ref(),
                         }]

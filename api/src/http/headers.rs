@@ -5,6 +5,7 @@ use poem::middleware::Cors;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 
 use super::consistency::CONSISTENCY_TOKEN;
+use super::idempotency::IDEMPOTENCY_KEY;
 
 /// No MIME sniffing, no framing, no referrer; on the API, no shared caching of personal data
 /// (clients revalidate with the ETag); on Swagger UI, a content security policy that admits
@@ -102,6 +103,7 @@ pub fn cors(origins: &[String]) -> Option<Cors> {
                 "authorization",
                 CONSISTENCY_TOKEN.as_str(),
                 "content-type",
+                IDEMPOTENCY_KEY.as_str(),
                 "if-match",
                 "if-none-match",
                 "x-request-id",

@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::BODY_LIMIT;
 use super::consistency::CONSISTENCY_TOKEN;
 use super::error::{ApiError, ErrorCode};
+use super::idempotency::IDEMPOTENCY_KEY;
 
 /// Refuses bodies over [`BODY_LIMIT`] with 413, whether or not they declare a `Content-Length`
 /// (poem's `SizeLimit` refuses requests without one, even bodiless GETs), and conditional
@@ -33,8 +34,14 @@ pub fn check_input<E: Endpoint + 'static>(
     endpoint.around(move |endpoint, mut request: Request| async move {
         let deadline = Instant::now() + request_timeout;
         // poem-openapi reads a header that is not visible ASCII as absent; a conditional
-        // header or a consistency token the client did send must not silently stop applying.
-        let checked = [header::IF_MATCH, header::IF_NONE_MATCH, CONSISTENCY_TOKEN];
+        // header, a consistency token or an idempotency key the client did send must not
+        // silently stop applying.
+        let checked = [
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            CONSISTENCY_TOKEN,
+            IDEMPOTENCY_KEY,
+        ];
         for name in checked {
             if request
                 .headers()

@@ -9,6 +9,7 @@ pub mod consistency;
 pub mod encoded_json;
 pub mod error;
 pub mod headers;
+pub mod idempotency;
 pub mod input;
 pub mod problems;
 pub mod rate_limit;

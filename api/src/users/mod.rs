@@ -46,6 +46,7 @@ macro_rules! opaque_parameter {
 pub mod change_token;
 pub mod cursor;
 pub mod etag;
+pub mod idempotency;
 pub mod model;
 pub mod repository;
 pub mod routes;

@@ -4,15 +4,19 @@
 
 use chrono::{DateTime, Utc};
 use entity::users::{self, Column, Entity as Users};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Query, UpdateStatement, Value};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, Func, InsertStatement, Query, UpdateStatement, Value,
+};
 use sea_orm::{
     ColumnTrait, DbBackend, DeleteMany, EntityName, EntityTrait, IdenStatic, Insert, Iterable,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
+    ModelTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
 };
 use uuid::Uuid;
 
 use super::change_token::ChangeToken;
 use super::cursor::{Cursor, Order};
+use super::idempotency::KeyClaim;
+use crate::db::postgres::pg_type;
 use crate::db::replica::{POSITION_COLUMN, PRIMARY_POSITION};
 use crate::db::{
     Database, ErrorKind, ExecError, Freshness, Lsn, Operation, Row, Target, record_not_found,
@@ -29,6 +33,12 @@ pub enum RepoError {
     /// A change token older than the feed's retention: deletions after it are forgotten.
     #[error("the change token is older than the feed's retention")]
     ChangesExpired,
+    /// The idempotency key answered another request.
+    #[error("the idempotency key was used for another request")]
+    IdempotencyKeyReused,
+    /// A write with the same idempotency key is running.
+    #[error("a write with this idempotency key is in progress")]
+    IdempotencyInProgress,
     /// The database could not answer in time or at all: worth retrying later.
     #[error("database unavailable ({})", .0.as_str())]
     Unavailable(ErrorKind),
@@ -55,7 +65,7 @@ pub struct NewUser {
 }
 
 /// The fields a PATCH sets; `None` leaves a field as it is.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct UserChanges {
     pub email: Option<String>,
     pub name: Option<String>,
@@ -117,6 +127,14 @@ pub struct Change {
     /// The user's version; a deletion's is the deleted user's plus one.
     pub version: i64,
     pub user: Option<users::Model>,
+}
+
+/// What a write answers: the user as it wrote it now, or, under an idempotency key already
+/// used for this request, as it wrote it then (the stored answer; nothing ran again).
+#[derive(Debug)]
+pub enum Written {
+    Fresh(users::Model),
+    Replayed(users::Model),
 }
 
 /// A page of the feed and where the next one starts.
@@ -357,6 +375,166 @@ pub mod statements {
         }
     }
 
+    /// The condition a keyed write's statement adds to its write ([`keyed`]): it writes only
+    /// when it holds the key's lock and the key has no live answer.
+    const UNCLAIMED: &str = "(SELECT held FROM held) AND NOT EXISTS (SELECT 1 FROM prior)";
+
+    /// [`insert`] as one row selected while the key is unclaimed, returning it (PostgreSQL:
+    /// each value cast, as a SELECT list gives the server no column to infer its type from).
+    pub fn insert_unclaimed(user: &users::Model) -> InsertStatement {
+        let mut row = Query::select();
+        for column in Column::iter() {
+            let value = user.get(column);
+            let sql_type = pg_type(&value);
+            row.expr(Func::cast_as(Expr::val(value), Alias::new(sql_type.name())));
+        }
+        row.and_where(Expr::cust(UNCLAIMED));
+        let mut insert = Query::insert();
+        insert
+            .into_table(Users)
+            .columns(Column::iter())
+            .select_from(row)
+            .expect("one value per column");
+        insert.returning(Query::returning().columns(Column::iter()));
+        insert
+    }
+
+    /// [`update_returning`] while the key is unclaimed.
+    pub fn update_unclaimed(
+        id: Uuid,
+        changes: UserChanges,
+        versions: Option<Vec<i64>>,
+        now: DateTime<Utc>,
+    ) -> UpdateStatement {
+        let mut update = update_returning(id, changes, versions, now);
+        update.and_where(Expr::cust(UNCLAIMED));
+        update
+    }
+
+    /// A keyed write as one statement (PostgreSQL), so its key and answer commit with it or
+    /// not at all: it takes the key's transaction-scoped advisory lock without waiting (`held`
+    /// false: the same key's write is running now), reads the key's live answer (`prior`),
+    /// runs `write` (guarded by [`UNCLAIMED`]) and stores what it returned under the key.
+    /// One row: `held`, and the answer if any (`fresh`: written now, else stored before, with
+    /// its request's `fingerprint`).
+    pub fn keyed(write: Statement, claim: &KeyClaim) -> Statement {
+        let mut values = write.values.map(|values| values.0).unwrap_or_default();
+        let next = values.len();
+        let (lock, hash, fingerprint, ttl) = (next + 1, next + 2, next + 3, next + 4);
+        values.extend([
+            Value::from(claim.lock),
+            Value::from(claim.hash.clone()),
+            Value::from(claim.fingerprint.clone()),
+            Value::from(claim.ttl_secs),
+        ]);
+        let columns = user_columns();
+        let sql = format!(
+            "WITH held AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(${lock}) AS held), \
+             prior AS MATERIALIZED (SELECT * FROM {KEYS} WHERE key_hash = ${hash} \
+             AND expires_at_secs > {now}), \
+             written AS ({write}), \
+             stored AS (INSERT INTO {KEYS} (key_hash, fingerprint, expires_at_secs, {columns}) \
+             SELECT ${hash}, ${fingerprint}, {now} + ${ttl}, {columns} FROM written) \
+             SELECT held.held, answer.* FROM held LEFT JOIN (\
+             SELECT false AS fresh, fingerprint, {columns} FROM prior \
+             UNION ALL SELECT true, NULL, {columns} FROM written) answer ON true",
+            write = write.sql,
+            now = now_secs(DbBackend::Postgres),
+        );
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    }
+
+    /// SQLite: a keyed write's first step in its transaction: takes the key unless it has a
+    /// live answer (one row touched: taken), replacing an expired one.
+    pub fn claim_key(claim: &KeyClaim) -> Statement {
+        Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!(
+                "INSERT INTO {KEYS} (key_hash, fingerprint, expires_at_secs) \
+                 VALUES (?1, ?2, unixepoch() + ?3) ON CONFLICT (key_hash) DO UPDATE SET \
+                 fingerprint = excluded.fingerprint, expires_at_secs = excluded.expires_at_secs \
+                 WHERE {KEYS}.expires_at_secs <= unixepoch()"
+            ),
+            [
+                Value::from(claim.hash.clone()),
+                Value::from(claim.fingerprint.clone()),
+                Value::from(claim.ttl_secs),
+            ],
+        )
+    }
+
+    /// SQLite: a keyed write's answer, stored under the key it claimed.
+    pub fn store_answer(claim: &KeyClaim, user: &users::Model) -> Statement {
+        let mut update = Query::update();
+        update.table(Alias::new(KEYS));
+        for column in Column::iter() {
+            update.value(Alias::new(column.as_str()), user.get(column));
+        }
+        update.and_where(Expr::col(Alias::new("key_hash")).eq(claim.hash.clone()));
+        DbBackend::Sqlite.build(&update)
+    }
+
+    /// A key's stored answer, whether it is still live.
+    pub fn find_key(backend: DbBackend, claim: &KeyClaim) -> Statement {
+        Statement::from_sql_and_values(
+            backend,
+            format!(
+                "SELECT expires_at_secs > {now} AS live, fingerprint, {columns} FROM {KEYS} \
+                 WHERE key_hash = {param}",
+                now = now_secs(backend),
+                columns = user_columns(),
+                param = placeholder(backend, 1),
+            ),
+            [Value::from(claim.hash.clone())],
+        )
+    }
+
+    /// Forgets keys expired at the database's clock, a batch per statement (by the expiry
+    /// index; PostgreSQL deletes by key through `= ANY`, as [`purge_tombstones`] does); with
+    /// `claim`, only its key (a write found it expired).
+    pub fn purge_keys(backend: DbBackend, claim: Option<&KeyClaim>) -> Statement {
+        let expired = format!("expires_at_secs <= {}", now_secs(backend));
+        let (sql, values) = match claim {
+            Some(claim) => (
+                format!(
+                    "DELETE FROM {KEYS} WHERE key_hash = {} AND {expired}",
+                    placeholder(backend, 1)
+                ),
+                vec![Value::from(claim.hash.clone())],
+            ),
+            None => {
+                let batch = format!(
+                    "SELECT key_hash FROM {KEYS} WHERE {expired} \
+                     ORDER BY expires_at_secs LIMIT {PURGE_BATCH}"
+                );
+                let sql = match backend {
+                    DbBackend::Postgres => {
+                        format!("DELETE FROM {KEYS} WHERE key_hash = ANY(ARRAY({batch}))")
+                    }
+                    _ => format!("DELETE FROM {KEYS} WHERE key_hash IN ({batch})"),
+                };
+                (sql, Vec::new())
+            }
+        };
+        Statement::from_sql_and_values(backend, sql, values)
+    }
+
+    /// The database's clock in Unix seconds: every instance expires keys at one time.
+    fn now_secs(backend: DbBackend) -> &'static str {
+        match backend {
+            DbBackend::Postgres => "extract(epoch FROM now())::bigint",
+            _ => "unixepoch()",
+        }
+    }
+
+    /// The user's columns, as a key's answer stores them too.
+    fn user_columns() -> String {
+        Column::iter()
+            .map(|column| column.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn delete(id: Uuid, versions: Option<Vec<i64>>) -> DeleteMany<Users> {
         let mut delete = Users::delete_many().filter(Column::Id.eq(id));
         if let Some(versions) = versions {
@@ -366,8 +544,12 @@ pub mod statements {
     }
 }
 
-/// Tombstones forgotten per statement: a short write, however many expired at once.
+/// Tombstones or idempotency keys forgotten per statement: a short write, however many
+/// expired at once.
 pub const PURGE_BATCH: u64 = 1000;
+
+/// The idempotency keys' table (migration `idempotency_keys`).
+const KEYS: &str = "idempotency_keys";
 
 /// The statements' execution, one path for both backends ([`Database::fetch`],
 /// [`Database::execute`]).
@@ -385,6 +567,13 @@ impl UserRepository {
         Target {
             operation,
             collection: Users.table_name(),
+        }
+    }
+
+    fn keys(operation: Operation) -> Target {
+        Target {
+            operation,
+            collection: KEYS,
         }
     }
 
@@ -425,7 +614,8 @@ impl UserRepository {
         }
     }
 
-    pub async fn create(&self, new: NewUser) -> Result<users::Model, RepoError> {
+    /// Creates a user; with `key`, once per key (a repeat answers the first's user).
+    pub async fn create(&self, new: NewUser, key: Option<&KeyClaim>) -> Result<Written, RepoError> {
         let now = now();
         let user = users::Model {
             id: Uuid::now_v7(),
@@ -435,12 +625,17 @@ impl UserRepository {
             updated_at: now,
             version: 1,
         };
+        if let Some(claim) = key {
+            let written = self.keyed(claim, &Write::Create(user)).await?;
+            // An insert always writes a row: none is a fault.
+            return written.ok_or(RepoError::Other(ErrorKind::Other));
+        }
         // Duplicates are caught by the unique index, never by a racy SELECT beforehand.
         let statement = self.build(&statements::insert(&user));
         self.db
             .execute(Self::target(Operation::CreateUser), &statement)
             .await?;
-        Ok(user)
+        Ok(Written::Fresh(user))
     }
 
     pub async fn find_by_id(
@@ -482,17 +677,19 @@ impl UserRepository {
         self.build(&statements::list(self.db.backend(), query))
     }
 
+    /// Updates a user; with `key`, once per key (a repeat answers the first's user).
     pub async fn update(
         &self,
         id: Uuid,
         changes: UserChanges,
         precondition: Precondition,
-    ) -> Result<users::Model, RepoError> {
+        key: Option<&KeyClaim>,
+    ) -> Result<Written, RepoError> {
         if changes.is_empty() {
-            // A write's answer: as new as the primary's.
+            // Nothing to write (nor to key): a write's answer, as new as the primary's.
             let current = self.find_by_id(id, Freshness::Latest).await?;
             return if precondition.admits(current.version) {
-                Ok(current)
+                Ok(Written::Fresh(current))
             } else {
                 Err(RepoError::VersionMismatch)
             };
@@ -504,15 +701,138 @@ impl UserRepository {
             }
             Precondition::OneOf(versions) => Some(versions),
         };
-        let update = statements::update_returning(id, changes, versions, now());
-        let statement = self.db.backend().build(&update);
-        let updated = self
-            .users(Operation::UpdateUser, &statement, Freshness::Latest)
-            .await?;
-        match updated.into_iter().next() {
-            Some(user) => Ok(user),
+        let write = Write::Update {
+            id,
+            changes,
+            versions,
+            now: now(),
+        };
+        let written = match key {
+            Some(claim) => self.keyed(claim, &write).await?,
+            None => {
+                let statement = write.plain(self.db.backend());
+                let updated = self
+                    .users(Operation::UpdateUser, &statement, Freshness::Latest)
+                    .await?;
+                updated.into_iter().next().map(Written::Fresh)
+            }
+        };
+        match written {
+            Some(written) => Ok(written),
             None => Err(self.why_unmatched(id).await),
         }
+    }
+
+    /// A write under an idempotency key: it runs once, its answer stored with it; a repeat of
+    /// its request is answered from the store, another request under the key refused. `None`:
+    /// the write matched no row (nothing stored: a retry runs again).
+    async fn keyed(&self, claim: &KeyClaim, write: &Write) -> Result<Option<Written>, RepoError> {
+        // Twice at most: a key found expired is forgotten, and the write runs again.
+        for _ in 0..2 {
+            let outcome = match self.db.backend() {
+                DbBackend::Postgres => self.keyed_statement(claim, write).await,
+                _ => self.keyed_transaction(claim, write).await,
+            };
+            // A unique violation: the email's, or the key's, stored since the statement's
+            // snapshot by a write of the same key, or expired and not yet purged.
+            let Err(RepoError::EmailTaken) = outcome else {
+                return outcome;
+            };
+            let statement = statements::find_key(self.db.backend(), claim);
+            let found = self
+                .db
+                .fetch(
+                    Self::keys(Operation::FindIdempotencyKey),
+                    &statement,
+                    Freshness::Latest,
+                    stored_of,
+                )
+                .await?;
+            match found.into_iter().next() {
+                None => return Err(RepoError::EmailTaken),
+                Some(stored) if stored.live => return stored.answer(claim).map(Some),
+                Some(_) => {
+                    let forget = statements::purge_keys(self.db.backend(), Some(claim));
+                    let target = Self::keys(Operation::PurgeIdempotencyKeys);
+                    self.db.execute(target, &forget).await?;
+                }
+            }
+        }
+        Err(RepoError::EmailTaken)
+    }
+
+    /// PostgreSQL: the keyed write as one statement ([`statements::keyed`]).
+    async fn keyed_statement(
+        &self,
+        claim: &KeyClaim,
+        write: &Write,
+    ) -> Result<Option<Written>, RepoError> {
+        let statement = statements::keyed(write.unclaimed(), claim);
+        let target = Self::target(write.operation());
+        let rows = self
+            .db
+            .fetch(target, &statement, Freshness::Latest, keyed_of)
+            .await?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or(RepoError::Other(ErrorKind::Other))?;
+        match row.answer {
+            Some((true, stored)) => Ok(Some(Written::Fresh(stored.user))),
+            Some((false, stored)) => stored.answer(claim).map(Some),
+            None if !row.held => Err(RepoError::IdempotencyInProgress),
+            None => Ok(None),
+        }
+    }
+
+    /// SQLite: the keyed write as a transaction: claim the key, write, store the answer.
+    async fn keyed_transaction(
+        &self,
+        claim: &KeyClaim,
+        write: &Write,
+    ) -> Result<Option<Written>, RepoError> {
+        let backend = self.db.backend();
+        let transaction = self.db.begin().await?;
+        let claimed = transaction
+            .execute(
+                Self::keys(Operation::ClaimIdempotencyKey),
+                &statements::claim_key(claim),
+            )
+            .await?;
+        if claimed == 0 {
+            // A live answer (the transaction ends unused).
+            let statement = statements::find_key(backend, claim);
+            let target = Self::keys(Operation::FindIdempotencyKey);
+            let found = transaction.fetch(target, &statement, stored_of).await?;
+            let stored = found
+                .into_iter()
+                .next()
+                .ok_or(RepoError::Other(ErrorKind::Other))?;
+            return stored.answer(claim).map(Some);
+        }
+        let target = Self::target(write.operation());
+        let user = match write {
+            Write::Create(user) => {
+                let statement = self.build(&statements::insert(user));
+                transaction.execute(target, &statement).await?;
+                Some(user.clone())
+            }
+            Write::Update { .. } => {
+                let statement = write.plain(backend);
+                let updated = transaction.fetch(target, &statement, user_of).await?;
+                updated.into_iter().next()
+            }
+        };
+        // No row: rolled back as the transaction drops.
+        let Some(user) = user else { return Ok(None) };
+        transaction
+            .execute(
+                Self::keys(Operation::StoreIdempotencyKey),
+                &statements::store_answer(claim, &user),
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(Some(Written::Fresh(user)))
     }
 
     pub async fn delete(&self, id: Uuid, precondition: Precondition) -> Result<(), RepoError> {
@@ -591,6 +911,14 @@ impl UserRepository {
         Ok(())
     }
 
+    /// Forgets idempotency keys past their time, in batches.
+    pub async fn purge_idempotency_keys(&self) -> Result<(), RepoError> {
+        let statement = statements::purge_keys(self.db.backend(), None);
+        let target = Self::keys(Operation::PurgeIdempotencyKeys);
+        while self.db.execute(target, &statement).await? > 0 {}
+        Ok(())
+    }
+
     /// After a conditional write touched no row: was the user missing, or its version wrong?
     async fn why_unmatched(&self, id: Uuid) -> RepoError {
         let operation = Operation::UserVersion;
@@ -610,6 +938,119 @@ impl UserRepository {
             Err(kind) => kind.into(),
         }
     }
+}
+
+/// A write that an idempotency key may guard, built in the form each path runs.
+enum Write {
+    Create(users::Model),
+    Update {
+        id: Uuid,
+        changes: UserChanges,
+        versions: Option<Vec<i64>>,
+        now: DateTime<Utc>,
+    },
+}
+
+impl Write {
+    fn operation(&self) -> Operation {
+        match self {
+            Write::Create(_) => Operation::CreateUser,
+            Write::Update { .. } => Operation::UpdateUser,
+        }
+    }
+
+    /// The write unguarded: as it runs without a key, and in SQLite's keyed transaction (an
+    /// update returns its row; an insert returns nothing, its row is known).
+    fn plain(&self, backend: DbBackend) -> Statement {
+        match self {
+            Write::Update {
+                id,
+                changes,
+                versions,
+                now,
+            } => backend.build(&statements::update_returning(
+                *id,
+                changes.clone(),
+                versions.clone(),
+                *now,
+            )),
+            Write::Create(user) => backend.build(&statements::insert(user).into_query()),
+        }
+    }
+
+    /// PostgreSQL's form under a key: guarded by [`statements::keyed`]'s condition.
+    fn unclaimed(&self) -> Statement {
+        let backend = DbBackend::Postgres;
+        match self {
+            Write::Create(user) => backend.build(&statements::insert_unclaimed(user)),
+            Write::Update {
+                id,
+                changes,
+                versions,
+                now,
+            } => backend.build(&statements::update_unclaimed(
+                *id,
+                changes.clone(),
+                versions.clone(),
+                *now,
+            )),
+        }
+    }
+}
+
+/// A key's stored answer: the request it answered and the user it wrote.
+struct Stored {
+    /// Not yet expired.
+    live: bool,
+    fingerprint: String,
+    user: users::Model,
+}
+
+impl Stored {
+    /// The answer to a repeat of the request it stored; another request is refused.
+    fn answer(self, claim: &KeyClaim) -> Result<Written, RepoError> {
+        if self.fingerprint == claim.fingerprint {
+            Ok(Written::Replayed(self.user))
+        } else {
+            Err(RepoError::IdempotencyKeyReused)
+        }
+    }
+}
+
+/// A row of [`statements::find_key`].
+fn stored_of(row: Row<'_>) -> Result<Stored, ExecError> {
+    Ok(Stored {
+        live: row.get("live")?,
+        fingerprint: row.get("fingerprint")?,
+        user: user_of(row)?,
+    })
+}
+
+/// The row of [`statements::keyed`]: whether it held the key's lock, and the answer if any
+/// (`true`: written now).
+struct KeyedRow {
+    held: bool,
+    answer: Option<(bool, Stored)>,
+}
+
+fn keyed_of(row: Row<'_>) -> Result<KeyedRow, ExecError> {
+    let answer = match row.get::<Option<bool>>("fresh")? {
+        None => None,
+        Some(fresh) => Some((
+            fresh,
+            Stored {
+                live: true,
+                fingerprint: row
+                    .get::<Option<String>>("fingerprint")?
+                    .unwrap_or_default(),
+                user: user_of(row)?,
+            },
+        )),
+    };
+    Ok(KeyedRow {
+        held: row.get("held")?,
+        answer,
+    })
 }
 
 /// A row of `users`, read by the entity's column names.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi, Tags};
@@ -12,26 +13,32 @@ use uuid::Uuid;
 use super::change_token::ChangeToken;
 use super::cursor::Cursor;
 use super::etag::{EntityTags, etag, if_match, none_match};
+use super::idempotency::{KeyClaim, KeyedWrite};
 use super::model::{
     ChangesPage, CreateUserRequest, EmailKey, NamePrefix, UpdateUserRequest, User, UserChange,
     UserPage,
 };
-use super::repository::{ListQuery, RepoError, UserChanges};
+use super::repository::{ListQuery, NewUser, RepoError, UserChanges};
 use super::store::UserStore;
 use crate::http::API_PREFIX;
+use crate::http::auth::Principal;
 use crate::http::consistency::{ConsistencyToken, freshness, token};
 use crate::http::encoded_json::EncodedJson;
 use crate::http::error::{ApiError, ErrorCode, Errors, error_set};
+use crate::http::idempotency::IdempotencyKey;
 
 const DEFAULT_LIMIT: u32 = 50;
 /// The change feed's default page size.
 const DEFAULT_CHANGES_LIMIT: u32 = 100;
+/// When to retry a write whose key's first request is running: one statement's time, most
+/// often milliseconds.
+const IN_PROGRESS_RETRY: Duration = Duration::from_secs(1);
 
-error_set!(CreateErrors: InvalidRequest, RequestTimeout, EmailTaken, PayloadTooLarge, UnsupportedMediaType);
+error_set!(CreateErrors: InvalidRequest, RequestTimeout, EmailTaken, IdempotencyKeyReused, IdempotencyInProgress, PayloadTooLarge, UnsupportedMediaType);
 error_set!(ReadErrors: InvalidRequest, UserNotFound);
 error_set!(ListErrors: InvalidRequest);
 error_set!(ChangesErrors: InvalidRequest, ChangesExpired);
-error_set!(UpdateErrors: InvalidRequest, UserNotFound, RequestTimeout, EmailTaken, VersionMismatch, PayloadTooLarge, UnsupportedMediaType);
+error_set!(UpdateErrors: InvalidRequest, UserNotFound, RequestTimeout, EmailTaken, VersionMismatch, IdempotencyKeyReused, IdempotencyInProgress, PayloadTooLarge, UnsupportedMediaType);
 error_set!(DeleteErrors: InvalidRequest, UserNotFound, VersionMismatch);
 
 #[derive(Tags)]
@@ -127,15 +134,33 @@ pub struct UsersApi {
     /// The longest a change-feed long poll holds an empty answer: a second inside the request
     /// timeout, so it answers rather than time out.
     max_wait: Duration,
+    /// How long an idempotency key's answer is kept.
+    idempotency_ttl: Duration,
 }
 
 impl UsersApi {
-    pub fn new(users: UserStore, retry_after: Duration, request_timeout: Duration) -> Self {
+    pub fn new(
+        users: UserStore,
+        retry_after: Duration,
+        request_timeout: Duration,
+        idempotency_ttl: Duration,
+    ) -> Self {
         Self {
             users,
             retry_after,
             max_wait: request_timeout.saturating_sub(Duration::from_secs(1)),
+            idempotency_ttl,
         }
+    }
+
+    /// The claim of a write sent with an `Idempotency-Key`.
+    fn claim(
+        &self,
+        principal: &Principal,
+        key: Option<&IdempotencyKey>,
+        write: KeyedWrite<'_>,
+    ) -> Option<KeyClaim> {
+        key.map(|key| KeyClaim::new(principal, key, &write, self.idempotency_ttl))
     }
 
     fn fail(&self, key: Key) -> impl Fn(RepoError) -> ApiError + '_ {
@@ -150,6 +175,10 @@ impl UsersApi {
             RepoError::EmailTaken => ErrorCode::EmailTaken.into(),
             RepoError::VersionMismatch => ErrorCode::VersionMismatch.into(),
             RepoError::ChangesExpired => ErrorCode::ChangesExpired.into(),
+            RepoError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused.into(),
+            RepoError::IdempotencyInProgress => {
+                ApiError::retry_after(ErrorCode::IdempotencyInProgress, IN_PROGRESS_RETRY)
+            }
             RepoError::Unavailable(_) => {
                 ApiError::retry_after(ErrorCode::DatabaseUnavailable, self.retry_after)
             }
@@ -166,11 +195,29 @@ fn location(id: Uuid) -> String {
 #[OpenApi(prefix_path = API_PREFIX, tag = "ApiTags::Users")]
 impl UsersApi {
     /// Create a user.
+    ///
+    /// With an `Idempotency-Key`, a retry of the same request (lost answer, timeout) is
+    /// answered as the first was, whichever instance answers it, and creates nothing.
     #[oai(path = "/users", method = "post", operation_id = "createUser")]
-    async fn create(&self, body: Json<CreateUserRequest>) -> Result<Created, Errors<CreateErrors>> {
+    async fn create(
+        &self,
+        body: Json<CreateUserRequest>,
+        /// A unique key per request, such as a UUID: a retry with the same key and request
+        /// within `IDEMPOTENCY_TTL_SECS` (a day by default) answers as the first did, without
+        /// running again; another request under the key is 422 `idempotency_key_reused`.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<IdempotencyKey>>,
+        principal: Data<&Principal>,
+    ) -> Result<Created, Errors<CreateErrors>> {
+        let new = NewUser::from(body.0);
+        let claim = self.claim(
+            &principal,
+            idempotency_key.0.as_ref(),
+            KeyedWrite::create(&new),
+        );
         let created = self
             .users
-            .create(body.0.into())
+            .create(new, claim.as_ref())
             .await
             .map_err(self.fail(Key::Id))?;
         let (id, user) = created.value;
@@ -312,6 +359,9 @@ impl UsersApi {
     }
 
     /// Update a user's email or name.
+    ///
+    /// With an `Idempotency-Key`, a retry of the same request is answered as the first was
+    /// (no 412 for the version it wrote itself), and updates nothing.
     #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update(
         &self,
@@ -320,12 +370,21 @@ impl UsersApi {
         /// Empty is the same as absent.
         #[oai(name = "If-Match")]
         if_match_header: Header<Option<EntityTags>>,
+        /// A unique key per request, such as a UUID: a retry with the same key and request
+        /// within `IDEMPOTENCY_TTL_SECS` (a day by default) answers as the first did, without
+        /// running again; another request under the key is 422 `idempotency_key_reused`.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<IdempotencyKey>>,
+        principal: Data<&Principal>,
         body: Json<UpdateUserRequest>,
     ) -> Result<Updated, Errors<UpdateErrors>> {
         let changes = UserChanges::try_from(body.0)?;
+        let precondition = if_match(if_match_header.0.as_ref());
+        let write = KeyedWrite::update(id.0, &changes, &precondition);
+        let claim = self.claim(&principal, idempotency_key.0.as_ref(), write);
         let updated = self
             .users
-            .update(id.0, changes, if_match(if_match_header.0.as_ref()))
+            .update(id.0, changes, precondition, claim.as_ref())
             .await
             .map_err(self.fail(Key::Id))?;
         let user = updated.value;

@@ -14,9 +14,11 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::change_token::ChangeToken;
+use super::idempotency::KeyClaim;
 use super::model::User;
 use super::repository::{
     ChangePage, ListQuery, NewUser, Page, Precondition, RepoError, UserChanges, UserRepository,
+    Written,
 };
 use crate::cache::{Cache, Entry, Read, Stamp};
 use crate::db::{Freshness, Lsn};
@@ -103,15 +105,17 @@ impl UserStore {
         }
     }
 
-    pub async fn create(&self, new: NewUser) -> Result<Committed<(Uuid, UserJson)>, RepoError> {
+    pub async fn create(
+        &self,
+        new: NewUser,
+        key: Option<&KeyClaim>,
+    ) -> Result<Committed<(Uuid, UserJson)>, RepoError> {
         let stamp = self.stamp();
-        let user = self.repository.create(new).await?;
-        self.written.notify_waiters();
-        let id = user.id;
-        let (json, position) = self.written(stamp, user).await;
+        let written = self.repository.create(new, key).await?;
+        let committed = self.written(stamp, written).await;
         Ok(Committed {
-            value: (id, json),
-            position,
+            value: (committed.value.0, committed.value.1),
+            position: committed.position,
         })
     }
 
@@ -180,12 +184,18 @@ impl UserStore {
         id: Uuid,
         changes: UserChanges,
         precondition: Precondition,
+        key: Option<&KeyClaim>,
     ) -> Result<Committed<UserJson>, RepoError> {
         let stamp = self.stamp();
-        let user = self.repository.update(id, changes, precondition).await?;
-        self.written.notify_waiters();
-        let (value, position) = self.written(stamp, user).await;
-        Ok(Committed { value, position })
+        let written = self
+            .repository
+            .update(id, changes, precondition, key)
+            .await?;
+        let committed = self.written(stamp, written).await;
+        Ok(Committed {
+            value: committed.value.1,
+            position: committed.position,
+        })
     }
 
     pub async fn delete(
@@ -212,22 +222,36 @@ impl UserStore {
         self.cache.as_ref().map(Cache::stamp)
     }
 
-    /// A committed user's answer, once stored in the cache, with the commit's position (the
-    /// two asked for together).
-    async fn written(&self, stamp: Option<Stamp>, user: users::Model) -> (UserJson, Option<Lsn>) {
+    /// A write's answer: its user's id and JSON, with the commit's position. A user written
+    /// now is stored in the cache first and wakes the feed's long polls (the cache store and
+    /// the position asked for together); a stored answer replayed changed nothing, and its
+    /// position is the primary's now, past the first's commit.
+    async fn written(&self, stamp: Option<Stamp>, written: Written) -> Committed<(Uuid, UserJson)> {
+        let (user, fresh) = match written {
+            Written::Fresh(user) => (user, true),
+            Written::Replayed(user) => (user, false),
+        };
+        if fresh {
+            self.written.notify_waiters();
+        }
+        let id = user.id;
         let store = self
             .cache
             .as_ref()
             .zip(stamp)
-            .map(|to| (to, user.id, user.email.clone()));
+            .filter(|_| fresh)
+            .map(|to| (to, user.email.clone()));
         let json = UserJson::of(user);
         let cached = async {
-            if let Some(((cache, stamp), id, email)) = store {
+            if let Some(((cache, stamp), email)) = store {
                 cache.store(stamp, id, &json.entry(), &email).await;
             }
         };
         let ((), position) = tokio::join!(cached, self.repository.committed_position());
-        (json, position)
+        Committed {
+            value: (id, json),
+            position,
+        }
     }
 }
 

@@ -6,8 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::common::{Backend, TestDb, test_config};
 use api::db::Freshness;
+use api::http::auth::Principal;
+use api::http::idempotency::IdempotencyKey;
 use api::users::cursor::Cursor;
-use api::users::repository::{ListQuery, NewUser, Precondition, UserChanges, UserRepository};
+use api::users::idempotency::{KeyClaim, KeyedWrite};
+use api::users::repository::{
+    ListQuery, NewUser, Precondition, UserChanges, UserRepository, Written,
+};
 use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder, Value};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
@@ -26,8 +31,12 @@ async fn seed(db: &DatabaseConnection) {
          INSERT INTO user_tombstones (id, version, change_position, deleted_at_secs)
          SELECT gen_random_uuid(), 2, g, extract(epoch FROM now())::bigint - g
          FROM generate_series(1, {ROWS} / 3) AS g;
+         INSERT INTO idempotency_keys (key_hash, fingerprint, expires_at_secs)
+         SELECT md5(g::text), md5(g::text), extract(epoch FROM now())::bigint + g - 1000
+         FROM generate_series(1, {ROWS} / 3) AS g;
          ANALYZE users;
-         ANALYZE user_tombstones;"
+         ANALYZE user_tombstones;
+         ANALYZE idempotency_keys;"
     ))
     .await
     .expect("seed users");
@@ -88,11 +97,33 @@ async fn every_repository_statement_uses_an_index() {
             }
         });
     let repository = UserRepository::new(&service_db);
-    let user = repository
-        .create(NewUser {
-            email: "probe@example.com".into(),
-            name: "Probe".into(),
-        })
+    let probe = || NewUser {
+        email: "probe@example.com".into(),
+        name: "Probe".into(),
+    };
+    let Written::Fresh(user) = repository.create(probe(), None).await.unwrap() else {
+        panic!("created")
+    };
+    // Keyed writes, and a keyed create whose email is taken (the key is then looked up).
+    let claim = |key: &str| {
+        let new = probe();
+        KeyClaim::new(
+            &Principal::Client(None),
+            &IdempotencyKey::parse(key.to_owned()).unwrap(),
+            &KeyedWrite::create(&new),
+            std::time::Duration::from_secs(60),
+        )
+    };
+    repository
+        .create(probe(), Some(&claim("taken")))
+        .await
+        .unwrap_err();
+    let other = NewUser {
+        email: "keyed@example.com".into(),
+        ..probe()
+    };
+    repository
+        .create(other, Some(&claim("create")))
         .await
         .unwrap();
     repository
@@ -140,17 +171,22 @@ async fn every_repository_statement_uses_an_index() {
         ..Default::default()
     };
     repository
-        .update(user.id, rename(), Precondition::Any)
+        .update(user.id, rename(), Precondition::Any, None)
         .await
         .unwrap();
     repository
-        .update(user.id, rename(), Precondition::OneOf(vec![2]))
+        .update(
+            user.id,
+            rename(),
+            Precondition::OneOf(vec![2]),
+            Some(&claim("update")),
+        )
         .await
         .unwrap();
     // A stale version: the update matches nothing, then the version is read back.
     assert!(
         repository
-            .update(user.id, rename(), Precondition::OneOf(vec![1]))
+            .update(user.id, rename(), Precondition::OneOf(vec![1]), None)
             .await
             .is_err()
     );
@@ -173,6 +209,7 @@ async fn every_repository_statement_uses_an_index() {
         .purge_tombstones(std::time::Duration::from_secs(3600))
         .await
         .unwrap();
+    repository.purge_idempotency_keys().await.unwrap();
 
     let statements = statements.lock().unwrap().clone();
     // Name searches in bounded time whatever the prefix: a stem 10,000 users share, a rare
@@ -215,7 +252,7 @@ async fn every_repository_statement_uses_an_index() {
     );
 
     assert!(
-        statements.len() >= 14,
+        statements.len() >= 18,
         "recorded {} statements",
         statements.len()
     );
@@ -259,13 +296,14 @@ async fn explain(db: &DatabaseConnection, statement: &Statement, i: usize, gener
         db.execute_unprepared("SET plan_cache_mode = force_generic_plan")
             .await
             .unwrap();
-        db.execute_unprepared(&format!(
-            "PREPARE probe_{i} ({}) AS {}",
-            types.join(", "),
-            statement.sql
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("PREPARE {}: {e}", statement.sql));
+        let types = if types.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", types.join(", "))
+        };
+        db.execute_unprepared(&format!("PREPARE probe_{i}{types} AS {}", statement.sql))
+            .await
+            .unwrap_or_else(|e| panic!("PREPARE {}: {e}", statement.sql));
         if literals.is_empty() {
             format!("EXPLAIN (FORMAT JSON) EXECUTE probe_{i}")
         } else {
@@ -386,7 +424,13 @@ fn sequential_scans(plan: &Json, found: &mut Vec<String>) {
 
 /// The index a statement should be served by; `None` for an INSERT.
 fn expected_index(sql: &str) -> Option<&'static str> {
-    if sql.starts_with("INSERT") {
+    if sql.contains("pg_try_advisory_xact_lock")
+        || sql.contains("FROM idempotency_keys WHERE key_hash")
+    {
+        Some("idempotency_keys_pkey")
+    } else if sql.contains("FROM idempotency_keys WHERE expires_at_secs") {
+        Some("idempotency_keys_expires_idx")
+    } else if sql.starts_with("INSERT") {
         None
     } else if sql.contains("pg_current_snapshot") {
         Some("users_change_position_id_idx")

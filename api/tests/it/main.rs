@@ -11,6 +11,7 @@ mod concurrency;
 mod explain;
 mod fuzz;
 mod hostile;
+mod idempotency;
 mod migrations;
 mod openapi;
 mod otlp;
