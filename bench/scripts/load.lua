@@ -73,22 +73,35 @@ end
 local FIRST = { {{FIRST_NAMES}} }
 local LAST = { {{LAST_NAMES}} }
 
-local function create()
+-- With `keyed`, each request carries its own Idempotency-Key (what a careful client sends).
+local keys = 0
+local function with_key(headers, keyed)
+  if keyed then
+    keys = keys + 1
+    headers["Idempotency-Key"] = string.format("%s-%d-%d", TAG, index, keys)
+  end
+  return headers
+end
+
+local function create(keyed)
   counter = counter + 1
   local name = FIRST[math.random(1, #FIRST)] .. " " .. LAST[math.random(1, #LAST)]
   local body = string.format('{"email":"bench-%s-%d-%d@example.com","name":"%s"}', TAG, index, counter, name)
-  return wrk.format("POST", "/api/v1/users", JSON, body)
+  return wrk.format("POST", "/api/v1/users", with_key({ ["Content-Type"] = "application/json" }, keyed), body)
 end
 
 -- Each thread updates its own users in turn, so the version it sends in If-Match is current.
-local function update()
+local function update(keyed)
   local i = update_next
   update_next = update_next % #update_ids + 1
   local version = update_versions[i]
   update_versions[i] = version + 1
   local headers = { ["Content-Type"] = "application/json", ["If-Match"] = '"' .. version .. '"' }
-  return wrk.format("PATCH", "/api/v1/users/" .. user_id(update_ids[i]), headers, '{"name":"Bench Renamed"}')
+  return wrk.format("PATCH", "/api/v1/users/" .. user_id(update_ids[i]), with_key(headers, keyed), '{"name":"Bench Renamed"}')
 end
+
+local function create_keyed() return create(true) end
+local function update_keyed() return update(true) end
 
 -- Skewed reads: user n with a probability about proportional to 1/n (Zipf, exponent 1), the
 -- continuous inverse of its CDF: n = (USERS + 1)^u. Hot users are few, as in real traffic.

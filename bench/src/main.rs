@@ -5,6 +5,7 @@
 mod cache;
 mod data;
 mod explain;
+mod feed;
 mod instructions;
 mod load;
 mod middleware;
@@ -79,6 +80,8 @@ enum Command {
     /// One client searching names beside many reading by id, name searches alone, and waits
     /// behind a table lock (`neighbour/RESULTS.md`).
     Neighbour(neighbour::Settings),
+    /// One consumer catching up on the change feed: changes per second (`feed/CONSUMER.md`).
+    Feed(feed::Settings),
     /// A few seconds on a small database: proves the tool works, measures nothing (CI).
     Smoke {
         /// The api binary to run (a debug build is fine here).
@@ -165,6 +168,7 @@ async fn main() -> Result<()> {
             database_url,
         } => smoke(binary, database_url).await,
         Command::Neighbour(settings) => neighbour::run(&settings).await,
+        Command::Feed(settings) => feed::run(&settings).await,
         Command::Explain { common } => {
             let indexed = seed::with_database(&common.database_url, &common.database);
             let noidx =
@@ -883,7 +887,7 @@ impl Bench<'_> {
                     hit_ratio,
                 },
             ));
-            if scenario.lua == "create" || scenario.lua == "mix" {
+            if scenario.creates() {
                 // The next scenario measures the seeded data, not what this one added.
                 restore(&direct).await?;
             }
@@ -900,7 +904,7 @@ impl Bench<'_> {
 
     async fn paced_script(&self, scenario: &str, url: &str, delay_ms: u64) -> Result<PathBuf> {
         let updates = self.dir.path().join("updates.txt");
-        if scenario == "update" || scenario == "mix" {
+        if Scenario::updates(scenario) {
             write_versions(url, scenarios::update_users(self.common.users), &updates).await?;
         }
         let deep = scenarios::deep_user(self.common.users);

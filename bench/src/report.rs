@@ -70,6 +70,11 @@ fn service(report: &Report, config: &str, scenario: &str) -> Option<Summary> {
         .map(|s| summarize(s))
 }
 
+/// The commit the bench was built from, short.
+pub fn commit() -> String {
+    command_output("git", &["rev-parse", "--short", "HEAD"])
+}
+
 fn command_output(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
         .args(args)
@@ -151,11 +156,7 @@ fn header(md: &mut String, report: &Report) -> Result<()> {
         "- date: {}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     )?;
-    writeln!(
-        md,
-        "- commit: {}",
-        command_output("git", &["rev-parse", "--short", "HEAD"])
-    )?;
+    writeln!(md, "- commit: {}", commit())?;
     writeln!(
         md,
         "- PostgreSQL: {}",

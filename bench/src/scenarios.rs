@@ -17,6 +17,16 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// It creates users (removed after it, so the next scenario sees the seeded data).
+    pub fn creates(&self) -> bool {
+        matches!(self.lua, "create" | "create_keyed" | "mix")
+    }
+
+    /// It updates users with `If-Match` (their versions are read before it).
+    pub fn updates(lua: &str) -> bool {
+        matches!(lua, "update" | "update_keyed" | "mix")
+    }
+
     /// The same scenario without its pgbench ceiling, for runs that measure the service only.
     pub fn service_only(&self) -> Scenario {
         Scenario {
@@ -83,6 +93,20 @@ pub fn all(users: u64) -> Vec<Scenario> {
         Scenario {
             name: "update",
             lua: "update",
+            pgbench: one(update(update_users(users))),
+            protocol: "prepared",
+        },
+        // The writes with an `Idempotency-Key` each: the key's cost is their rate against the
+        // unkeyed ones' (the same statements for pgbench).
+        Scenario {
+            name: "create keyed",
+            lua: "create_keyed",
+            pgbench: one(create()),
+            protocol: "prepared",
+        },
+        Scenario {
+            name: "update keyed",
+            lua: "update_keyed",
             pgbench: one(update(update_users(users))),
             protocol: "prepared",
         },
