@@ -15,12 +15,13 @@ use crate::http::idempotency::IdempotencyKey;
 /// A keyed write's claim on its key.
 #[derive(Clone, Debug)]
 pub struct KeyClaim {
-    /// The digest of the caller and the key: the row's id (the table holds neither), and, its
-    /// first eight bytes, the advisory lock that marks the write as running (PostgreSQL).
-    pub hash: String,
+    /// The digest of the caller and the key: the row's id (the table holds neither), and, of
+    /// its next eight bytes, the advisory lock that marks the write as running (PostgreSQL).
+    /// 128 bits, as a UUID: the smallest key PostgreSQL indexes natively.
+    pub hash: Uuid,
     pub lock: i64,
-    /// The digest of the request: the same key with another request is refused.
-    pub fingerprint: String,
+    /// The digest of the request (128 bits): the same key with another request is refused.
+    pub fingerprint: Uuid,
     /// How long the answer is kept.
     pub ttl_secs: i64,
 }
@@ -74,15 +75,19 @@ impl KeyClaim {
         let hash: [u8; 32] =
             Sha256::digest(format!("{}\n{}", principal.key(), key.as_str())).into();
         let request = serde_json::to_vec(write).expect("a write serializes");
-        let mut lock = [0; 8];
-        lock.copy_from_slice(&hash[..8]);
+        let fingerprint: [u8; 32] = Sha256::digest(request).into();
         Self {
-            hash: hex::encode(hash),
-            lock: i64::from_be_bytes(lock),
-            fingerprint: hex::encode(Sha256::digest(request)),
+            hash: Uuid::from_bytes(first(&hash)),
+            lock: i64::from_be_bytes(first(&hash[16..])),
+            fingerprint: Uuid::from_bytes(first(&fingerprint)),
             ttl_secs: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         }
     }
+}
+
+/// The first `N` bytes of a digest.
+fn first<const N: usize>(digest: &[u8]) -> [u8; N] {
+    digest[..N].try_into().expect("a digest is long enough")
 }
 
 #[cfg(test)]

@@ -423,8 +423,8 @@ pub mod statements {
         let (lock, hash, fingerprint, ttl) = (next + 1, next + 2, next + 3, next + 4);
         values.extend([
             Value::from(claim.lock),
-            Value::from(claim.hash.clone()),
-            Value::from(claim.fingerprint.clone()),
+            Value::from(claim.hash),
+            Value::from(claim.fingerprint),
             Value::from(claim.ttl_secs),
         ]);
         let columns = user_columns();
@@ -456,8 +456,8 @@ pub mod statements {
                  WHERE {KEYS}.expires_at_secs <= unixepoch()"
             ),
             [
-                Value::from(claim.hash.clone()),
-                Value::from(claim.fingerprint.clone()),
+                Value::from(claim.hash),
+                Value::from(claim.fingerprint),
                 Value::from(claim.ttl_secs),
             ],
         )
@@ -470,7 +470,7 @@ pub mod statements {
         for column in Column::iter() {
             update.value(Alias::new(column.as_str()), user.get(column));
         }
-        update.and_where(Expr::col(Alias::new("key_hash")).eq(claim.hash.clone()));
+        update.and_where(Expr::col(Alias::new("key_hash")).eq(claim.hash));
         DbBackend::Sqlite.build(&update)
     }
 
@@ -485,7 +485,7 @@ pub mod statements {
                 columns = user_columns(),
                 param = placeholder(backend, 1),
             ),
-            [Value::from(claim.hash.clone())],
+            [Value::from(claim.hash)],
         )
     }
 
@@ -500,7 +500,7 @@ pub mod statements {
                     "DELETE FROM {KEYS} WHERE key_hash = {} AND {expired}",
                     placeholder(backend, 1)
                 ),
-                vec![Value::from(claim.hash.clone())],
+                vec![Value::from(claim.hash)],
             ),
             None => {
                 let batch = format!(
@@ -1002,7 +1002,7 @@ impl Write {
 struct Stored {
     /// Not yet expired.
     live: bool,
-    fingerprint: String,
+    fingerprint: Uuid,
     user: users::Model,
 }
 
@@ -1040,9 +1040,7 @@ fn keyed_of(row: Row<'_>) -> Result<KeyedRow, ExecError> {
             fresh,
             Stored {
                 live: true,
-                fingerprint: row
-                    .get::<Option<String>>("fingerprint")?
-                    .unwrap_or_default(),
+                fingerprint: row.get::<Option<Uuid>>("fingerprint")?.unwrap_or_default(),
                 user: user_of(row)?,
             },
         )),

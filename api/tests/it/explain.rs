@@ -32,7 +32,7 @@ async fn seed(db: &DatabaseConnection) {
          SELECT gen_random_uuid(), 2, g, extract(epoch FROM now())::bigint - g
          FROM generate_series(1, {ROWS} / 3) AS g;
          INSERT INTO idempotency_keys (key_hash, fingerprint, expires_at_secs)
-         SELECT md5(g::text), md5(g::text), extract(epoch FROM now())::bigint + g - 1000
+         SELECT md5(g::text)::uuid, md5(g::text)::uuid, extract(epoch FROM now())::bigint + g - 1000
          FROM generate_series(1, {ROWS} / 3) AS g;
          ANALYZE users;
          ANALYZE user_tombstones;

@@ -185,8 +185,23 @@ async fn an_expired_key_runs_again_and_is_purged(backend: Backend) {
     assert_eq!(body(patch(KEY).await).await["version"], 2);
     assert_eq!(body(patch("live").await).await["version"], 3);
     let direct = sea_orm::Database::connect(app.db.url()).await.unwrap();
-    let expire = |key_hash: String| {
-        format!("UPDATE idempotency_keys SET expires_at_secs = 0 WHERE key_hash = '{key_hash}'")
+    let backend = direct.get_database_backend();
+    let placeholder = if backend == sea_orm::DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    let expire = |key_hash: uuid::Uuid| {
+        sea_orm::ConnectionTrait::execute_raw(
+            &direct,
+            sea_orm::Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "UPDATE idempotency_keys SET expires_at_secs = 0 WHERE key_hash = {placeholder}"
+                ),
+                [key_hash.into()],
+            ),
+        )
     };
     let hash = |key: &str| {
         let changes = api::users::repository::UserChanges {
@@ -204,15 +219,11 @@ async fn an_expired_key_runs_again_and_is_purged(backend: Backend) {
         )
         .hash
     };
-    sea_orm::ConnectionTrait::execute_unprepared(&direct, &expire(hash(KEY)))
-        .await
-        .unwrap();
+    assert_eq!(expire(hash(KEY)).await.unwrap().rows_affected(), 1);
     assert_eq!(body(patch(KEY).await).await["version"], 4, "ran again");
     assert_eq!(body(patch("live").await).await["version"], 3, "replayed");
 
-    sea_orm::ConnectionTrait::execute_unprepared(&direct, &expire(hash("live")))
-        .await
-        .unwrap();
+    assert_eq!(expire(hash("live")).await.unwrap().rows_affected(), 1);
     let db = api::db::Database::connect(&test_config(app.db.url(), &[]))
         .await
         .unwrap();
@@ -222,14 +233,11 @@ async fn an_expired_key_runs_again_and_is_purged(backend: Backend) {
         .unwrap();
     let left = sea_orm::ConnectionTrait::query_all_raw(
         &direct,
-        sea_orm::Statement::from_string(
-            direct.get_database_backend(),
-            "SELECT key_hash FROM idempotency_keys",
-        ),
+        sea_orm::Statement::from_string(backend, "SELECT key_hash FROM idempotency_keys"),
     )
     .await
     .unwrap();
-    let left: Vec<String> = left
+    let left: Vec<uuid::Uuid> = left
         .iter()
         .map(|row| row.try_get("", "key_hash").unwrap())
         .collect();
