@@ -7,7 +7,7 @@ use std::sync::Arc;
 use observability::metrics::Metrics;
 use poem::endpoint::BoxEndpoint;
 use poem::{EndpointExt, Route};
-use poem_openapi::{OpenApiService, OperationId};
+use poem_openapi::{ContactObject, LicenseObject, OpenApiService, OperationId, ServerObject};
 use sea_orm::DatabaseConnection;
 
 use crate::cache::Cache;
@@ -112,6 +112,16 @@ fn api_service(
         env!("CARGO_PKG_VERSION"),
     )
     .description("Users: create, read, look up by email, list and search, update, delete.")
+    .license(
+        LicenseObject::new(env!("CARGO_PKG_LICENSE")).url(concat!(
+            "https://spdx.org/licenses/",
+            env!("CARGO_PKG_LICENSE"),
+            ".html"
+        )),
+    )
+    .contact(ContactObject::new().name("user-service maintainers"))
+    // Relative: the spec is served by the API it describes (`/openapi.json`).
+    .server(ServerObject::new("/").description("the instance serving this document"))
 }
 
 /// The OpenAPI document of a production instance (tokens configured), as committed in

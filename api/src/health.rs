@@ -56,12 +56,17 @@ impl HealthApi {
 #[OpenApi(tag = "HealthTags::Health")]
 impl HealthApi {
     /// The process is up.
+    ///
+    /// Answers without touching the database: a failing liveness probe means restart the
+    /// process, which a slow database does not call for.
     #[oai(path = "/health/live", method = "get", operation_id = "live")]
     async fn live(&self) -> Healthy {
         ok()
     }
 
     /// The database answers within a second.
+    ///
+    /// 503 otherwise: take the instance out of the load balancer until it answers again.
     #[oai(path = "/health/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> Result<Healthy, Errors<ReadyErrors>> {
         // Boxed: the probe's future would otherwise size every operation's (`db::observe`).

@@ -386,10 +386,10 @@ impl From<ApiError> for poem::Error {
 /// ([`ErrorSet::COMMON`]), so its spec declares exactly those.
 pub trait ErrorSet: Send + Sync + 'static {
     const CODES: &'static [ErrorCode];
-    /// What any operation of `/api/v1` may answer: the guard's, the database's, a fault.
+    /// What any operation of `/api/v1` may answer: the guard's, the database's, a fault (a
+    /// write's sets add `Forbidden`: a read-only token may read).
     const COMMON: &'static [ErrorCode] = &[
         ErrorCode::Unauthorized,
-        ErrorCode::Forbidden,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
         ErrorCode::DatabaseUnavailable,

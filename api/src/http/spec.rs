@@ -90,13 +90,17 @@ fn paths(document: &Value) -> impl Iterator<Item = (&String, &serde_json::Map<St
 }
 
 /// What poem-openapi cannot say itself: request bodies reject unknown members
-/// (`deny_unknown_fields`), and a last page's `next_cursor` is `null`.
+/// (`deny_unknown_fields`), and a page's `next_cursor` is always there, `null` on the last.
 fn finish(document: &mut Value) {
     let schemas = &mut document["components"]["schemas"];
     for closed in ["CreateUser", "UpdateUser"] {
         schemas[closed]["additionalProperties"] = json!(false);
     }
-    schemas["UserPage"]["properties"]["next_cursor"]["nullable"] = json!(true);
+    let page = &mut schemas["UserPage"];
+    page["properties"]["next_cursor"]["nullable"] = json!(true);
+    if let Some(required) = page["required"].as_array_mut() {
+        required.push(json!("next_cursor"));
+    }
 }
 
 fn declare_security(document: &mut Value, auth: Auth) {
@@ -114,9 +118,11 @@ fn declare_security(document: &mut Value, auth: Auth) {
         Auth::Open => json!([{ "bearerAuth": [] }, {}]),
     };
     for (path, operations) in document["paths"].as_object_mut().into_iter().flatten() {
-        if !is_guarded(path) {
-            continue;
-        }
+        // The probes: no requirement at all, said explicitly.
+        let requirement = match is_guarded(path) {
+            true => requirement.clone(),
+            false => json!([]),
+        };
         for operation in operations
             .as_object_mut()
             .into_iter()

@@ -205,7 +205,7 @@ impl Type for UserOrDeleted {
         MetaSchemaRef::Inline(Box::new(MetaSchema {
             all_of: vec![User::schema_ref()],
             nullable: true,
-            ..MetaSchema::ANY
+            ..MetaSchema::new("object")
         }))
     }
 

@@ -34,12 +34,12 @@ const DEFAULT_CHANGES_LIMIT: u32 = 100;
 /// often milliseconds.
 const IN_PROGRESS_RETRY: Duration = Duration::from_secs(1);
 
-error_set!(CreateErrors: InvalidRequest, RequestTimeout, EmailTaken, IdempotencyKeyReused, IdempotencyInProgress, PayloadTooLarge, UnsupportedMediaType);
+error_set!(CreateErrors: InvalidRequest, Forbidden, RequestTimeout, EmailTaken, IdempotencyKeyReused, IdempotencyInProgress, PayloadTooLarge, UnsupportedMediaType);
 error_set!(ReadErrors: InvalidRequest, UserNotFound);
 error_set!(ListErrors: InvalidRequest);
 error_set!(ChangesErrors: InvalidRequest, ChangesExpired);
-error_set!(UpdateErrors: InvalidRequest, UserNotFound, RequestTimeout, EmailTaken, VersionMismatch, IdempotencyKeyReused, IdempotencyInProgress, PayloadTooLarge, UnsupportedMediaType);
-error_set!(DeleteErrors: InvalidRequest, UserNotFound, VersionMismatch);
+error_set!(UpdateErrors: InvalidRequest, Forbidden, UserNotFound, RequestTimeout, EmailTaken, VersionMismatch, IdempotencyKeyReused, IdempotencyInProgress, PayloadTooLarge, UnsupportedMediaType);
+error_set!(DeleteErrors: InvalidRequest, Forbidden, UserNotFound, VersionMismatch);
 
 #[derive(Tags)]
 enum ApiTags {
@@ -69,17 +69,31 @@ enum Created {
 enum Found {
     /// The user.
     #[oai(status = 200)]
-    Ok(EncodedJson<User>, #[oai(header = "ETag")] String),
+    Ok(
+        EncodedJson<User>,
+        /// The user's version, for `If-None-Match` and `If-Match`.
+        #[oai(header = "ETag")]
+        String,
+    ),
     /// The user is unchanged since the version in `If-None-Match`.
     #[oai(status = 304)]
-    NotModified(#[oai(header = "ETag")] String),
+    NotModified(
+        /// The user's version, the one named in `If-None-Match`.
+        #[oai(header = "ETag")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 enum LookedUp {
     /// The user with this email.
     #[oai(status = 200)]
-    Ok(EncodedJson<User>, #[oai(header = "ETag")] String),
+    Ok(
+        EncodedJson<User>,
+        /// The user's version, for `If-Match` on later writes.
+        #[oai(header = "ETag")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -102,7 +116,9 @@ enum Updated {
     #[oai(status = 200)]
     Ok(
         EncodedJson<User>,
-        #[oai(header = "ETag")] String,
+        /// The user's new version, for `If-Match` on later writes.
+        #[oai(header = "ETag")]
+        String,
         /// Send it back on reads to see this write (read-your-writes).
         #[oai(header = "Consistency-Token")]
         String,
@@ -230,9 +246,13 @@ impl UsersApi {
     }
 
     /// Get a user by id.
+    ///
+    /// With `If-None-Match` naming its current version, 304 without a body: a client's copy is
+    /// still good.
     #[oai(path = "/users/:id", method = "get", operation_id = "getUser")]
     async fn get(
         &self,
+        /// The user's id, as `createUser` answered it.
         id: Path<Uuid>,
         /// Answer 304 when the user still has one of these versions (weak comparison). Empty is
         /// the same as absent.
@@ -255,6 +275,8 @@ impl UsersApi {
     }
 
     /// Look up a user by email, case-insensitively.
+    ///
+    /// Emails are unique compared case-insensitively, so at most one user answers.
     #[oai(
         path = "/users/lookup",
         method = "get",
@@ -262,6 +284,7 @@ impl UsersApi {
     )]
     async fn lookup(
         &self,
+        /// The email to look up, in any case.
         email: Query<EmailKey>,
         /// A write's `Consistency-Token`: the answer reflects that write.
         #[oai(name = "Consistency-Token")]
@@ -365,6 +388,7 @@ impl UsersApi {
     #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update(
         &self,
+        /// The user's id.
         id: Path<Uuid>,
         /// Update only if the user still has this version (strong comparison; `*` for any).
         /// Empty is the same as absent.
@@ -396,9 +420,12 @@ impl UsersApi {
     }
 
     /// Delete a user.
+    ///
+    /// The deletion reaches change-feed consumers as the user's last change (`user: null`).
     #[oai(path = "/users/:id", method = "delete", operation_id = "deleteUser")]
     async fn delete(
         &self,
+        /// The user's id.
         id: Path<Uuid>,
         /// Delete only if the user still has this version (strong comparison; `*` for any).
         /// Empty is the same as absent.
