@@ -19,7 +19,7 @@ use crate::http::client_address::ResolveClient;
 use crate::http::headers::{SecurityHeaders, cors};
 use crate::http::rate_limit::RateLimit;
 use crate::http::spec::{Auth, DOCS_PATH, SPEC_PATH, Spec};
-use crate::http::{input, problems};
+use crate::http::{problems, request_bounds};
 use crate::users::repository::UserRepository;
 use crate::users::routes::UsersApi;
 use crate::users::store::UserStore;
@@ -112,13 +112,11 @@ fn api_service(
         env!("CARGO_PKG_VERSION"),
     )
     .description("Users: create, read, look up by email, list and search, update, delete.")
-    .license(
-        LicenseObject::new(env!("CARGO_PKG_LICENSE")).url(concat!(
-            "https://spdx.org/licenses/",
-            env!("CARGO_PKG_LICENSE"),
-            ".html"
-        )),
-    )
+    .license(LicenseObject::new(env!("CARGO_PKG_LICENSE")).url(concat!(
+        "https://spdx.org/licenses/",
+        env!("CARGO_PKG_LICENSE"),
+        ".html"
+    )))
     .contact(ContactObject::new().name("user-service maintainers"))
     // Relative: the spec is served by the API it describes (`/openapi.json`).
     .server(ServerObject::new("/").description("the instance serving this document"))
@@ -167,7 +165,7 @@ fn routes(config: &Config, db: Database, cache: Option<Cache>) -> BoxEndpoint<'s
     let cors = cors(&config.cors_allowed_origins);
     // Outermost first: metrics see every final status; the guard refuses before a body is read.
     problems::problem_errors(
-        input::check_input(route, config.request_timeout).with(guard),
+        request_bounds::check_input(route, config.request_timeout).with(guard),
         Arc::new(methods),
     )
     .with_if(cors.is_some(), cors.unwrap_or_default())

@@ -55,7 +55,7 @@ fn layers() -> Vec<(&'static str, BoxEndpoint<'static>)> {
         ),
         (
             "input checks and request timeout",
-            api::http::input::check_input(trivial(), Duration::from_secs(30)).boxed(),
+            api::http::request_bounds::check_input(trivial(), Duration::from_secs(30)).boxed(),
         ),
         (
             "auth (bearer token)",
@@ -73,7 +73,7 @@ fn layers() -> Vec<(&'static str, BoxEndpoint<'static>)> {
         (
             "all of them",
             problem_errors(
-                api::http::input::check_input(trivial(), Duration::from_secs(30))
+                api::http::request_bounds::check_input(trivial(), Duration::from_secs(30))
                     .with(Guard::new(tokens(), None)),
                 Arc::new(RouteMethods::new([])),
             )

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use poem::http::HeaderName;
 use regex::Regex;
 
-use super::input::{Checked, TextRule, compile};
+use super::text_rule::{Checked, TextRule, compile};
 use crate::db::{Freshness, Lsn};
 
 /// The header, in requests (reads) and responses (writes).

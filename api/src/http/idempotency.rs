@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use poem::http::HeaderName;
 use regex::Regex;
 
-use super::input::{Checked, TextRule, compile};
+use super::text_rule::{Checked, TextRule, compile};
 
 /// The request header.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");

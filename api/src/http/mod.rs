@@ -1,6 +1,7 @@
-//! Everything HTTP that is not about users: problem+json errors, input checks, the client's
-//! address behind proxies, the auth guard and rate limit, security headers and CORS, pre-encoded JSON bodies, consistency tokens, and
-//! the spec with Swagger UI.
+//! Everything HTTP that is not about users: problem+json errors, a request's bounds (body,
+//! time), typed text inputs, the client's address behind proxies, the auth guard and rate
+//! limit, security headers and CORS, pre-encoded JSON bodies, consistency tokens, idempotency
+//! keys' grammar, and the spec with Swagger UI.
 
 pub mod auth;
 pub mod client_address;
@@ -10,10 +11,11 @@ pub mod encoded_json;
 pub mod error;
 pub mod headers;
 pub mod idempotency;
-pub mod input;
 pub mod problems;
 pub mod rate_limit;
+pub mod request_bounds;
 pub mod spec;
+pub mod text_rule;
 
 /// The base path of the versioned API, written in full in every path of the spec.
 pub const API_PREFIX: &str = "/api/v1";

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::repository::Precondition;
-use crate::http::input::{Checked, TextRule, compile};
+use crate::http::text_rule::{Checked, TextRule, compile};
 
 pub fn etag(version: i64) -> String {
     format!("\"{version}\"")

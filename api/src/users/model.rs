@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::repository::{Change, NewUser, UserChanges};
 use crate::http::error::ApiError;
-use crate::http::input::{Checked, TextRule, compile};
+use crate::http::text_rule::{Checked, TextRule, compile};
 
 /// An email address: stored as given, unique case-insensitively.
 pub type Email = Checked<EmailRule>;
