@@ -8,7 +8,6 @@ use observability::metrics::Metrics;
 use poem::endpoint::BoxEndpoint;
 use poem::{EndpointExt, Route};
 use poem_openapi::{ContactObject, LicenseObject, OpenApiService, OperationId, ServerObject};
-use sea_orm::DatabaseConnection;
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -81,11 +80,6 @@ impl App {
     /// The public route tree, for poem's test client.
     pub fn endpoint(&self) -> Arc<BoxEndpoint<'static>> {
         Arc::clone(&self.public)
-    }
-
-    /// SeaORM's connection: the data path on SQLite, the migrations' on PostgreSQL.
-    pub fn db(&self) -> &DatabaseConnection {
-        &self.db.orm
     }
 
     /// The cache client, when `REDIS_URL` is set.

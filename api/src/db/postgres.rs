@@ -25,8 +25,8 @@
 //! The other `DB_*` settings keep their meaning: `DB_MIN_CONNECTIONS` connections are kept open
 //! (`DB_READ_CONNECTIONS` of them for point reads, one for scans, the rest for writes),
 //! `DB_TEST_BEFORE_ACQUIRE` pings a connection idle for `DB_TEST_IDLE_SECS`, and connections past
-//! `DB_MAX_LIFETIME_SECS` (less up to a tenth, spread by slot, so warm connections opened
-//! together are not all replaced together), or idle past `DB_IDLE_TIMEOUT_SECS` beyond the
+//! `DB_MAX_LIFETIME_SECS` (less a random part of a tenth, so connections opened together are
+//! not all replaced together), or idle past `DB_IDLE_TIMEOUT_SECS` beyond the
 //! minimum, are closed by the housekeeping.
 
 use std::collections::HashMap;
@@ -753,11 +753,15 @@ impl Pipelines {
     }
 }
 
-/// `lifetime` less slot `index`'s share of a tenth of it, so connections opened together
-/// (the warm ones, at start) are recycled at different times, not all at once.
+/// `lifetime` less a random part of a tenth of it, drawn per connection, so connections opened
+/// together (the warm ones at start, and every instance of a fleet started at once) are
+/// recycled at different times, not all at once against the server or the pooler.
 fn spread(lifetime: Duration, index: usize) -> Duration {
-    const SHARES: u32 = 8;
-    lifetime - lifetime / 10 * (index as u32 % SHARES) / SHARES
+    use std::hash::BuildHasher;
+    const SHARES: u64 = 1000;
+    // A fresh `RandomState` is seeded randomly: a draw per connection without a `rand` crate.
+    let draw = std::collections::hash_map::RandomState::new().hash_one(index) % SHARES;
+    lifetime - lifetime / 10 * draw as u32 / SHARES as u32
 }
 
 /// A statement's values as tokio-postgres parameters. (sea-query-postgres does this, but does
@@ -849,5 +853,28 @@ fn integer(
         Type::INT2 => i16::try_from(value)?.to_sql(ty, out),
         Type::INT4 => i32::try_from(value)?.to_sql(ty, out),
         _ => value.to_sql(ty, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_spread_over_their_last_tenth() {
+        let lifetime = Duration::from_secs(1800);
+        let lifetimes: Vec<Duration> = (0..64).map(|index| spread(lifetime, index % 2)).collect();
+        assert!(
+            lifetimes
+                .iter()
+                .all(|l| *l <= lifetime && *l >= lifetime - lifetime / 10)
+        );
+        let mut distinct = lifetimes.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 32,
+            "drawn apart, slot or not: {distinct:?}"
+        );
     }
 }

@@ -667,14 +667,9 @@ impl UserRepository {
     }
 
     pub async fn list(&self, query: ListQuery, freshness: Freshness) -> Result<Page, RepoError> {
-        let statement = self.list_statement(&query);
+        let statement = self.build(&statements::list(self.db.backend(), &query));
         let rows = self.users(query.operation(), &statement, freshness).await?;
         Ok(paginate(rows, &query))
-    }
-
-    /// The statement `list` runs, for EXPLAIN tests and benchmarks.
-    pub fn list_statement(&self, query: &ListQuery) -> Statement {
-        self.build(&statements::list(self.db.backend(), query))
     }
 
     /// Updates a user; with `key`, once per key (a repeat answers the first's user).

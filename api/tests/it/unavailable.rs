@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{Backend, TestApp, admin_connection, assert_problem, lock_users};
-use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::{self, Executor};
 
 /// Backends stopped with SIGSTOP, resumed when dropped (a failing test leaves none stopped).
@@ -221,16 +220,7 @@ async fn connections_killed_by_the_server_are_replaced() {
     let app = TestApp::with(Backend::Postgres, &[("DB_TEST_BEFORE_ACQUIRE", "never")]).await;
     let user = app.create_ok("killed@example.com", "Killed").await;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
-    let database = app.app.db().query_one_raw(sea_orm::Statement::from_string(
-        sea_orm::DbBackend::Postgres,
-        "SELECT current_database() AS name",
-    ));
-    let name: String = database
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get("", "name")
-        .unwrap();
+    let name = app.db.name().to_owned();
     let killed = backends(&name).await;
     assert!(!killed.is_empty());
     let mut admin = admin_connection().await;
