@@ -8,6 +8,7 @@ mod common;
 mod cache;
 mod changes;
 mod concurrency;
+mod docs;
 mod explain;
 mod fuzz;
 mod hostile;
