@@ -21,7 +21,7 @@ use crate::http::spec::{Auth, DOCS_PATH, SPEC_PATH, Spec};
 use crate::http::{problems, request_bounds};
 use crate::users::repository::UserRepository;
 use crate::users::routes::UsersApi;
-use crate::users::store::UserStore;
+use crate::users::service::UserService;
 
 /// A built service: connected, migrated, ready to serve.
 pub struct App {
@@ -93,7 +93,7 @@ fn api_service(
     db: Database,
     cache: Option<Cache>,
 ) -> OpenApiService<(UsersApi, HealthApi), ()> {
-    let store = UserStore::new(UserRepository::new(&db), cache);
+    let store = UserService::new(UserRepository::new(&db), cache);
     let users = UsersApi::new(
         store,
         config.pool.acquire_timeout,

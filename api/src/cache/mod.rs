@@ -18,8 +18,8 @@
 //!    abandoned, the database answers, and the instance stops asking Redis until a probe in the
 //!    background succeeds (a bump, when one is owed).
 
+mod availability;
 mod entry;
-mod health;
 pub mod keys;
 
 use std::future::Future;
@@ -35,8 +35,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisResult, Script};
 use uuid::Uuid;
 
+use availability::Availability;
 pub use entry::Entry;
-use health::Health;
 
 use crate::config::{CacheConfig, ExposeSecret};
 
@@ -83,7 +83,7 @@ struct Inner {
     redis: ConnectionManager,
     ttl_secs: u64,
     timeout: Duration,
-    health: Health,
+    availability: Availability,
     /// The generation this instance saw last (0: none yet, which no entry is stamped with).
     generation: AtomicU64,
     store: Script,
@@ -126,7 +126,7 @@ impl Cache {
             redis,
             ttl_secs: config.ttl.as_secs(),
             timeout: config.timeout,
-            health: Health::default(),
+            availability: Availability::default(),
             generation: AtomicU64::new(0),
             store: Script::new(include_str!("store.lua")),
             lookup: Script::new(include_str!("lookup.lua")),
@@ -168,7 +168,7 @@ impl Cache {
 
     /// The user with this id.
     pub async fn get(&self, id: Uuid) -> Read {
-        if !self.0.health.usable() {
+        if !self.0.availability.usable() {
             record(operation::GET, CacheResult::Bypass, None);
             return Read::Unavailable;
         }
@@ -196,7 +196,7 @@ impl Cache {
         let Some(email_key) = keys::email(email) else {
             return Read::Unavailable;
         };
-        if !self.0.health.usable() {
+        if !self.0.availability.usable() {
             record(operation::LOOKUP, CacheResult::Bypass, None);
             return Read::Unavailable;
         }
@@ -280,7 +280,7 @@ impl Cache {
         email: Option<&str>,
         owes_bump_if_lost: bool,
     ) {
-        if !self.0.health.usable() {
+        if !self.0.availability.usable() {
             record(operation, CacheResult::Bypass, None);
             if owes_bump_if_lost {
                 self.lost_write().await;
@@ -309,7 +309,7 @@ impl Cache {
 
     /// After a delete's commit, before its response: a tombstone no racing fill can replace.
     pub async fn delete(&self, id: Uuid) {
-        if !self.0.health.usable() {
+        if !self.0.availability.usable() {
             record(operation::DELETE, CacheResult::Bypass, None);
             self.lost_write().await;
             return;
@@ -356,7 +356,7 @@ impl Cache {
     /// Runs `future` within `CACHE_TIMEOUT_MS`; a failure is counted as an error. Not `async`:
     /// the client's future goes to the heap here, before any caller's state machine holds it,
     /// as the database's do (db/observe.rs), so the handlers' futures stay as small as without a
-    /// cache (`UserStore::get`: 1.5 KB). Build `future` in the argument, not in a local that
+    /// cache (`UserService::get`: 1.5 KB). Build `future` in the argument, not in a local that
     /// lives across the await.
     fn call<'a, T: 'a>(
         &'a self,
@@ -386,7 +386,7 @@ impl Cache {
 
     /// Stops using the cache until a probe succeeds; with `owes_bump`, until a bump has landed.
     fn failed(&self, owes_bump: bool) {
-        if self.0.health.fail(owes_bump) {
+        if self.0.availability.fail(owes_bump) {
             tracing::warn!(
                 "cache unavailable or slower than CACHE_TIMEOUT_MS: reads go to the database \
                  until it answers again"
@@ -422,7 +422,7 @@ impl Cache {
 
     /// Whether this instance answers reads from the cache now (false while it recovers).
     pub fn in_use(&self) -> bool {
-        self.0.health.usable()
+        self.0.availability.usable()
     }
 
     /// Test hook: runs `hook` in every fill between the database read and the store.
@@ -445,13 +445,13 @@ async fn recover(inner: std::sync::Weak<Inner>) {
             return;
         };
         let cache = Cache(inner);
-        let state = cache.0.health.state();
+        let state = cache.0.availability.state();
         let probed = if state.owes_bump() {
             cache.housekeeping(operation::BUMP, cache.bump()).await
         } else {
             cache.housekeeping(operation::PROBE, cache.probe()).await
         };
-        if probed && cache.0.health.recovered(state) {
+        if probed && cache.0.availability.recovered(state) {
             tracing::info!("cache answering again: reads use it");
             return;
         }

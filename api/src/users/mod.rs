@@ -1,4 +1,4 @@
-//! The users resource: its model and rules, the statements, the cache in front of them, the
+//! The users resource: its wire types and rules, the statements, the cache in front of them, the
 //! endpoints, the cursor, the change feed's token and entity tags.
 
 /// A query parameter that is an opaque token of the API's own (a cursor, a change token):
@@ -47,7 +47,7 @@ pub mod change_token;
 pub mod cursor;
 pub mod etag;
 pub mod idempotency;
-pub mod model;
 pub mod repository;
 pub mod routes;
-pub mod store;
+pub mod service;
+pub mod wire;

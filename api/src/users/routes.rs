@@ -1,4 +1,4 @@
-//! The users endpoints: HTTP in, one store call (the repository behind the cache), HTTP out.
+//! The users endpoints: HTTP in, one service call (the repository behind the cache), HTTP out.
 //! No SQL here.
 
 use std::time::Duration;
@@ -14,12 +14,12 @@ use super::change_token::ChangeToken;
 use super::cursor::Cursor;
 use super::etag::{EntityTags, etag, if_match, none_match};
 use super::idempotency::{KeyClaim, KeyedWrite};
-use super::model::{
+use super::repository::{ListQuery, NewUser, RepoError, UserChanges};
+use super::service::UserService;
+use super::wire::{
     ChangesPage, CreateUserRequest, EmailKey, NamePrefix, UpdateUserRequest, User, UserChange,
     UserPage,
 };
-use super::repository::{ListQuery, NewUser, RepoError, UserChanges};
-use super::store::UserStore;
 use crate::http::API_PREFIX;
 use crate::http::auth::Principal;
 use crate::http::consistency::{ConsistencyToken, freshness, token};
@@ -144,7 +144,7 @@ enum Key {
 }
 
 pub struct UsersApi {
-    users: UserStore,
+    users: UserService,
     /// How long a client should wait before retrying when the database is unavailable.
     retry_after: Duration,
     /// The longest a change-feed long poll holds an empty answer: a second inside the request
@@ -156,7 +156,7 @@ pub struct UsersApi {
 
 impl UsersApi {
     pub fn new(
-        users: UserStore,
+        users: UserService,
         retry_after: Duration,
         request_timeout: Duration,
         idempotency_ttl: Duration,

@@ -71,7 +71,10 @@ fn every_path_the_readme_names_exists() {
     let paths = backticked_paths(&readme);
     assert!(paths.len() >= 3, "found {paths:?}");
     let missing: Vec<&String> = paths.iter().filter(|p| !root().join(p).exists()).collect();
-    assert!(missing.is_empty(), "README.md names what is not there: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README.md names what is not there: {missing:?}"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ const RECOVERING: u8 = 1;
 const OWES_BUMP: u8 = 2;
 
 #[derive(Default)]
-pub struct Health(AtomicU8);
+pub struct Availability(AtomicU8);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct State(u8);
@@ -20,7 +20,7 @@ impl State {
     }
 }
 
-impl Health {
+impl Availability {
     pub fn usable(&self) -> bool {
         self.0.load(Ordering::Acquire) == IN_USE
     }
@@ -56,17 +56,20 @@ mod tests {
 
     #[test]
     fn a_lost_write_is_not_forgotten_by_a_probe_that_raced_it() {
-        let health = Health::default();
-        assert!(health.fail(false), "the first failure starts a recovery");
-        let probed = health.state();
-        assert!(!health.fail(true), "one recovery at a time");
-        assert!(!health.recovered(probed), "the probe did not bump");
-        let probed = health.state();
+        let availability = Availability::default();
+        assert!(
+            availability.fail(false),
+            "the first failure starts a recovery"
+        );
+        let probed = availability.state();
+        assert!(!availability.fail(true), "one recovery at a time");
+        assert!(!availability.recovered(probed), "the probe did not bump");
+        let probed = availability.state();
         assert!(probed.owes_bump());
         assert!(
-            !health.fail(false),
+            !availability.fail(false),
             "a read's failure does not cancel the bump"
         );
-        assert!(health.recovered(probed) && health.usable());
+        assert!(availability.recovered(probed) && availability.usable());
     }
 }

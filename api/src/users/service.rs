@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use super::change_token::ChangeToken;
 use super::idempotency::KeyClaim;
-use super::model::User;
 use super::repository::{
     ChangePage, ListQuery, NewUser, Page, Precondition, RepoError, UserChanges, UserRepository,
     Written,
 };
+use super::wire::User;
 use crate::cache::{Cache, Entry, Read, Stamp};
 use crate::db::{Freshness, Lsn};
 use crate::http::encoded_json::EncodedJson;
@@ -61,7 +61,7 @@ pub struct Committed<T> {
 }
 
 #[derive(Clone)]
-pub struct UserStore {
+pub struct UserService {
     repository: UserRepository,
     cache: Option<Cache>,
     /// Woken at each write this instance commits, for the change feed's long polls.
@@ -72,7 +72,7 @@ pub struct UserStore {
 /// wake it at once).
 const CHANGES_POLL: Duration = Duration::from_millis(250);
 
-impl UserStore {
+impl UserService {
     pub fn new(repository: UserRepository, cache: Option<Cache>) -> Self {
         Self {
             repository,
