@@ -9,8 +9,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::{self, Connection, Executor, PgConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::seed::{recreate, with_database};
 use crate::service::{self, Service};
@@ -106,25 +104,13 @@ async fn catch_up(limit: u32) -> Result<u64> {
     }
 }
 
-/// One GET on a kept-alive-free connection (a connect per page of up to a thousand changes is
-/// noise), its JSON body.
+/// One page's JSON (a connection per page of up to a thousand changes: noise).
 async fn get_json(path: &str) -> Result<serde_json::Value> {
-    let mut stream = TcpStream::connect(service::PUBLIC).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("a response head")?;
-    if !response.starts_with(b"HTTP/1.1 200") {
-        bail!("{}", String::from_utf8_lossy(&response[..split]));
+    let (status, body) = service::get_with_body(service::PUBLIC.parse()?, path).await?;
+    if status != 200 {
+        bail!("{path}: {status} {}", String::from_utf8_lossy(&body));
     }
-    Ok(serde_json::from_slice(&response[split + 4..])?)
+    Ok(serde_json::from_slice(&body)?)
 }
 
 fn report(settings: &Settings, rates: &[(u32, Vec<f64>)]) -> String {

@@ -146,16 +146,26 @@ fn clock_ticks() -> f64 {
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Result<u16> {
+    Ok(get_with_body(addr, path).await?.0)
+}
+
+/// A GET on a connection of its own: the status and the body.
+pub async fn get_with_body(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).await?;
     stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response
-        .get(9..12)
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let status = std::str::from_utf8(response.get(9..12).unwrap_or_default())
+        .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0))
+        .unwrap_or(0);
+    let body = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or_else(Vec::new, |head| response[head + 4..].to_vec());
+    Ok((status, body))
 }

@@ -46,8 +46,10 @@ async fn answer(response: TestResponse) -> (u16, [Option<String>; 3], Value) {
     (status, headers, body(response).await)
 }
 
-async fn create_keyed(app: &TestApp, key: &str, email: &str) -> TestResponse {
-    app.client
+type Client = TestClient<std::sync::Arc<poem::endpoint::BoxEndpoint<'static>>>;
+
+async fn create_keyed(client: &Client, key: &str, email: &str) -> TestResponse {
+    client
         .post("/api/v1/users")
         .header("Idempotency-Key", key)
         .body_json(&json!({ "email": email, "name": "Ada" }))
@@ -139,7 +141,7 @@ async fn bad_keys_are_refused_and_change_nothing(backend: Backend) {
     let app = TestApp::new(backend).await;
     let long = "k".repeat(256);
     for key in ["", "two words", long.as_str()] {
-        let refused = create_keyed(&app, key, "ada@example.com").await;
+        let refused = create_keyed(&app.client, key, "ada@example.com").await;
         let problem = assert_problem(refused, 400, "invalid_request").await;
         assert!(
             problem["detail"]
@@ -164,7 +166,7 @@ async fn bad_keys_are_refused_and_change_nothing(backend: Backend) {
     assert_eq!(count_users(&app).await, 0);
     // The longest key is a key.
     let longest = "k".repeat(255);
-    create_keyed(&app, &longest, "ada@example.com")
+    create_keyed(&app.client, &longest, "ada@example.com")
         .await
         .assert_status(StatusCode::CREATED);
 }
@@ -261,13 +263,7 @@ async fn a_key_is_answered_on_the_other_instance() {
     }
     let mut answers = Vec::new();
     for client in &clients {
-        let response = client
-            .post("/api/v1/users")
-            .header("Idempotency-Key", KEY)
-            .body_json(&json!({ "email": "ada@example.com", "name": "Ada" }))
-            .send()
-            .await;
-        answers.push(answer(response).await);
+        answers.push(answer(create_keyed(client, KEY, "ada@example.com").await).await);
     }
     let (first, again) = (&answers[0], &answers[1]);
     assert_eq!(first.0, 201);
@@ -290,12 +286,7 @@ async fn concurrent_requests_with_one_key_create_one_user() {
         .map(|n| {
             let client = TestClient::new(apps[n % 2].endpoint());
             tokio::spawn(async move {
-                let response = client
-                    .post("/api/v1/users")
-                    .header("Idempotency-Key", KEY)
-                    .body_json(&json!({ "email": "ada@example.com", "name": "Ada" }))
-                    .send()
-                    .await;
+                let response = create_keyed(&client, KEY, "ada@example.com").await;
                 let retry_after = response.0.headers().contains_key("retry-after");
                 (
                     response.0.status().as_u16(),
@@ -349,7 +340,7 @@ async fn a_repeat_while_the_first_runs_is_told_to_retry() {
         .execute(&mut running)
         .await
         .unwrap();
-    let repeat = create_keyed(&app, KEY, "ada@example.com").await;
+    let repeat = create_keyed(&app.client, KEY, "ada@example.com").await;
     assert!(repeat.0.headers().contains_key("retry-after"));
     assert_problem(repeat, 409, "idempotency_in_progress").await;
     assert_eq!(count_users(&app).await, 0);
@@ -358,7 +349,7 @@ async fn a_repeat_while_the_first_runs_is_told_to_retry() {
         .execute(&mut running)
         .await
         .unwrap();
-    create_keyed(&app, KEY, "ada@example.com")
+    create_keyed(&app.client, KEY, "ada@example.com")
         .await
         .assert_status(StatusCode::CREATED);
 }
