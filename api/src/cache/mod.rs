@@ -38,22 +38,48 @@ use uuid::Uuid;
 use availability::Availability;
 pub use entry::Entry;
 
+use strum::IntoEnumIterator;
+
 use crate::config::{CacheConfig, ExposeSecret};
 
-/// The cache calls, as `cache_requests_total{operation}` names them.
-pub mod operation {
-    pub const GET: &str = "user.get";
-    pub const LOOKUP: &str = "user.lookup";
-    pub const FILL: &str = "user.fill";
-    pub const STORE: &str = "user.store";
-    pub const DELETE: &str = "user.delete";
-    pub const BUMP: &str = "generation.bump";
-    pub const PROBE: &str = "generation.get";
-    pub const INIT: &str = "generation.init";
-    pub const ALL: [&str; 8] = [GET, LOOKUP, FILL, STORE, DELETE, BUMP, PROBE, INIT];
+/// The cache calls, as `cache_requests_total{operation}` names them: an enum, as the
+/// database's `Operation` is, so a name cannot be misspelt into a series never registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+pub enum Operation {
+    #[strum(serialize = "user.get")]
+    Get,
+    #[strum(serialize = "user.lookup")]
+    Lookup,
+    #[strum(serialize = "user.fill")]
+    Fill,
+    #[strum(serialize = "user.store")]
+    Store,
+    #[strum(serialize = "user.delete")]
+    Delete,
+    #[strum(serialize = "generation.bump")]
+    Bump,
+    #[strum(serialize = "generation.get")]
+    Probe,
+    #[strum(serialize = "generation.init")]
+    Init,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 const BUMP: &str = include_str!("bump.lua");
+
+/// `store.lua` with the tombstone it must not overwrite, as [`entry::TOMBSTONE`] writes it.
+fn store_script() -> String {
+    format!(
+        "local TOMBSTONE = '{}'\n{}",
+        entry::TOMBSTONE,
+        include_str!("store.lua")
+    )
+}
 
 /// How often an instance that stopped using the cache tries it again.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -121,14 +147,15 @@ impl Cache {
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(2);
         let redis = ConnectionManager::new_lazy_with_config(client, manager)?;
-        observability::cache::register_operations(&operation::ALL);
+        let names: Vec<&'static str> = Operation::iter().map(Operation::as_str).collect();
+        observability::cache::register_operations(&names);
         Ok(Self(Arc::new(Inner {
             redis,
             ttl_secs: config.ttl.as_secs(),
             timeout: config.timeout,
             availability: Availability::default(),
             generation: AtomicU64::new(0),
-            store: Script::new(include_str!("store.lua")),
+            store: Script::new(&store_script()),
             lookup: Script::new(include_str!("lookup.lua")),
             fill_hook: ArcSwapOption::empty(),
         })))
@@ -139,7 +166,7 @@ impl Cache {
     /// failure only means bypassed reads until a probe succeeds: the cache is optional.
     pub async fn warm_up(&self) {
         self.start_generation().await;
-        if !self.housekeeping(operation::PROBE, self.probe()).await {
+        if !self.housekeeping(Operation::Probe, self.probe()).await {
             self.failed(false);
         }
     }
@@ -149,7 +176,7 @@ impl Cache {
     async fn start_generation(&self) {
         let mut redis = self.0.redis.clone();
         let init = self.housekeeping(
-            operation::INIT,
+            Operation::Init,
             redis.set_options::<_, _, ()>(
                 keys::GENERATION,
                 random_generation(),
@@ -169,18 +196,18 @@ impl Cache {
     /// The user with this id.
     pub async fn get(&self, id: Uuid) -> Read {
         if !self.0.availability.usable() {
-            record(operation::GET, CacheResult::Bypass, None);
+            record(Operation::Get.as_str(), CacheResult::Bypass, None);
             return Read::Unavailable;
         }
         let mut redis = self.0.redis.clone();
         let keys = [keys::GENERATION.to_owned(), keys::user(id)];
         let read = self.call(
-            operation::GET,
+            Operation::Get,
             redis.mget::<_, (Option<Bytes>, Option<Bytes>)>(&keys),
         );
         match read.await {
             Ok(((generation, value), elapsed)) => {
-                self.read(operation::GET, generation, value, elapsed, |_| true)
+                self.read(Operation::Get, generation, value, elapsed, |_| true)
                     .await
             }
             Err(()) => {
@@ -197,7 +224,7 @@ impl Cache {
             return Read::Unavailable;
         };
         if !self.0.availability.usable() {
-            record(operation::LOOKUP, CacheResult::Bypass, None);
+            record(Operation::Lookup.as_str(), CacheResult::Bypass, None);
             return Read::Unavailable;
         }
         let mut redis = self.0.redis.clone();
@@ -207,12 +234,12 @@ impl Cache {
             .key(email_key)
             .arg(keys::USER_PREFIX);
         let read = self.call(
-            operation::LOOKUP,
+            Operation::Lookup,
             invocation.invoke_async::<(Option<Bytes>, Option<Bytes>)>(&mut redis),
         );
         match read.await {
             Ok(((generation, value), elapsed)) => {
-                self.read(operation::LOOKUP, generation, value, elapsed, owns)
+                self.read(Operation::Lookup, generation, value, elapsed, owns)
                     .await
             }
             Err(()) => {
@@ -224,7 +251,7 @@ impl Cache {
 
     async fn read(
         &self,
-        operation: &'static str,
+        operation: Operation,
         generation: Option<Bytes>,
         value: Option<Bytes>,
         elapsed: Duration,
@@ -235,7 +262,7 @@ impl Cache {
             .and_then(|generation| std::str::from_utf8(generation).ok()?.parse().ok());
         let Some(stamp) = stamp else {
             // A flushed (or new) Redis: start a generation; fills resume from the next read.
-            record(operation, CacheResult::Miss, Some(elapsed));
+            record(operation.as_str(), CacheResult::Miss, Some(elapsed));
             self.start_generation().await;
             return Read::Unavailable;
         };
@@ -243,11 +270,11 @@ impl Cache {
         let generation = generation.unwrap_or_default();
         match value.and_then(|value| entry::current(value, &generation)) {
             Some(entry) if accept(&entry) => {
-                record(operation, CacheResult::Hit, Some(elapsed));
+                record(operation.as_str(), CacheResult::Hit, Some(elapsed));
                 Read::Hit(entry)
             }
             _ => {
-                record(operation, CacheResult::Miss, Some(elapsed));
+                record(operation.as_str(), CacheResult::Miss, Some(elapsed));
                 Read::Miss(Stamp(stamp))
             }
         }
@@ -260,20 +287,20 @@ impl Cache {
             hook(id).await;
         }
         // A fill that is not made leaves nothing stale behind: no bump owed.
-        self.put(operation::FILL, stamp, id, entry, email, false)
+        self.put(Operation::Fill, stamp, id, entry, email, false)
             .await;
     }
 
     /// After a write's commit, before its response: the user as written, with the stamp taken
     /// before the commit.
     pub async fn store(&self, stamp: Stamp, id: Uuid, entry: &Entry, email: &str) {
-        self.put(operation::STORE, stamp, id, entry, Some(email), true)
+        self.put(Operation::Store, stamp, id, entry, Some(email), true)
             .await;
     }
 
     async fn put(
         &self,
-        operation: &'static str,
+        operation: Operation,
         stamp: Stamp,
         id: Uuid,
         entry: &Entry,
@@ -281,7 +308,7 @@ impl Cache {
         owes_bump_if_lost: bool,
     ) {
         if !self.0.availability.usable() {
-            record(operation, CacheResult::Bypass, None);
+            record(operation.as_str(), CacheResult::Bypass, None);
             if owes_bump_if_lost {
                 self.lost_write().await;
             }
@@ -301,7 +328,7 @@ impl Cache {
         let mut redis = self.0.redis.clone();
         let stored = self.call(operation, invocation.invoke_async::<i64>(&mut redis));
         match stored.await {
-            Ok((_, elapsed)) => record(operation, CacheResult::Ok, Some(elapsed)),
+            Ok((_, elapsed)) => record(operation.as_str(), CacheResult::Ok, Some(elapsed)),
             Err(()) if owes_bump_if_lost => self.lost_write().await,
             Err(()) => self.failed(false),
         }
@@ -310,17 +337,17 @@ impl Cache {
     /// After a delete's commit, before its response: a tombstone no racing fill can replace.
     pub async fn delete(&self, id: Uuid) {
         if !self.0.availability.usable() {
-            record(operation::DELETE, CacheResult::Bypass, None);
+            record(Operation::Delete.as_str(), CacheResult::Bypass, None);
             self.lost_write().await;
             return;
         }
         let mut redis = self.0.redis.clone();
         let tombstone = self.call(
-            operation::DELETE,
+            Operation::Delete,
             redis.set_ex::<_, _, ()>(keys::user(id), entry::TOMBSTONE, self.0.ttl_secs),
         );
         match tombstone.await {
-            Ok((_, elapsed)) => record(operation::DELETE, CacheResult::Ok, Some(elapsed)),
+            Ok((_, elapsed)) => record(Operation::Delete.as_str(), CacheResult::Ok, Some(elapsed)),
             Err(()) => self.lost_write().await,
         }
     }
@@ -331,21 +358,21 @@ impl Cache {
     /// response; the recovery loop repeats it until one is answered.
     async fn lost_write(&self) {
         self.failed(true);
-        self.housekeeping(operation::BUMP, self.bump()).await;
+        self.housekeeping(Operation::Bump, self.bump()).await;
     }
 
     /// Runs a call that reads no user (a probe, a bump, a new generation) and counts it; true
     /// when it succeeded.
     fn housekeeping<'a>(
         &'a self,
-        operation: &'static str,
+        operation: Operation,
         future: impl Future<Output = RedisResult<()>> + Send + 'a,
     ) -> impl Future<Output = bool> + Send + 'a {
         let call = self.call(operation, future);
         async move {
             match call.await {
                 Ok(((), elapsed)) => {
-                    record(operation, CacheResult::Ok, Some(elapsed));
+                    record(operation.as_str(), CacheResult::Ok, Some(elapsed));
                     true
                 }
                 Err(()) => false,
@@ -360,7 +387,7 @@ impl Cache {
     /// lives across the await.
     fn call<'a, T: 'a>(
         &'a self,
-        operation: &'static str,
+        operation: Operation,
         future: impl Future<Output = RedisResult<T>> + Send + 'a,
     ) -> impl Future<Output = Result<(T, Duration), ()>> + Send + 'a {
         let started = Instant::now();
@@ -371,13 +398,13 @@ impl Cache {
             match outcome {
                 Ok(Ok(value)) => Ok((value, elapsed)),
                 Ok(Err(error)) => {
-                    tracing::debug!(operation, %error, "cache call failed");
-                    record(operation, CacheResult::Error, Some(elapsed));
+                    tracing::debug!(operation = operation.as_str(), %error, "cache call failed");
+                    record(operation.as_str(), CacheResult::Error, Some(elapsed));
                     Err(())
                 }
                 Err(_) => {
-                    tracing::debug!(operation, "cache call timed out");
-                    record(operation, CacheResult::Error, Some(elapsed));
+                    tracing::debug!(operation = operation.as_str(), "cache call timed out");
+                    record(operation.as_str(), CacheResult::Error, Some(elapsed));
                     Err(())
                 }
             }
@@ -447,9 +474,9 @@ async fn recover(inner: std::sync::Weak<Inner>) {
         let cache = Cache(inner);
         let state = cache.0.availability.state();
         let probed = if state.owes_bump() {
-            cache.housekeeping(operation::BUMP, cache.bump()).await
+            cache.housekeeping(Operation::Bump, cache.bump()).await
         } else {
-            cache.housekeeping(operation::PROBE, cache.probe()).await
+            cache.housekeeping(Operation::Probe, cache.probe()).await
         };
         if probed && cache.0.availability.recovered(state) {
             tracing::info!("cache answering again: reads use it");

@@ -3,8 +3,9 @@
 -- ARGV[1] the generation the caller saw before its database read or commit (the stamp),
 -- ARGV[2] the version, ARGV[3] the user's JSON, ARGV[4] the TTL in seconds, ARGV[5] the id.
 -- Returns 1 when the entry was written, 0 when it was kept.
+-- TOMBSTONE: a deleted user's entry, defined by the service above this script (entry.rs).
 local current = redis.call('GET', KEYS[1])
-if current == 'D' then
+if current == TOMBSTONE then
   -- A tombstone: the user is deleted, whatever a racing read saw.
   return 0
 end
