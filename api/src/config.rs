@@ -180,85 +180,22 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
         let database_url = env.database_url()?;
-        let max_connections = env.number("DB_MAX_CONNECTIONS", 50, 1, 10_000)?;
-        let min_connections = env.number("DB_MIN_CONNECTIONS", 5, 0, 10_000)?;
-        if min_connections > max_connections {
-            return Err(ConfigError {
-                variable: "DB_MIN_CONNECTIONS",
-                value: min_connections.to_string(),
-                expected: format!("at most DB_MAX_CONNECTIONS ({max_connections})"),
-            });
-        }
-        let read_connections = env.number("DB_READ_CONNECTIONS", 1, 1, 10_000)?;
-        let test_idle = env.secs("DB_TEST_IDLE_SECS", 30, 0)?;
-        let health_check = match env.raw("DB_TEST_BEFORE_ACQUIRE").as_deref() {
-            None | Some("idle") => HealthCheck::IfIdleFor(test_idle),
-            Some("always") => HealthCheck::Always,
-            Some("never") => HealthCheck::Never,
-            Some(other) => {
-                return Err(ConfigError {
-                    variable: "DB_TEST_BEFORE_ACQUIRE",
-                    value: other.to_owned(),
-                    expected: "one of idle, always, never".to_owned(),
-                });
-            }
-        };
-        let statement_timeout_ms = env.number("DB_STATEMENT_TIMEOUT_MS", 5000, 0, 3_600_000)?;
-        let pool = PoolConfig {
-            max_connections,
-            min_connections,
-            read_connections,
-            acquire_timeout: env.secs("DB_ACQUIRE_TIMEOUT_SECS", 3, 1)?,
-            idle_timeout: nonzero(env.secs("DB_IDLE_TIMEOUT_SECS", 600, 0)?),
-            max_lifetime: nonzero(env.secs("DB_MAX_LIFETIME_SECS", 1800, 0)?),
-            health_check,
-            statement_timeout: nonzero(Duration::from_millis(statement_timeout_ms.into())),
-            prepared_statements: env.boolean("DB_PREPARED_STATEMENTS", true)?,
-            metrics_interval: env.secs("DB_POOL_METRICS_INTERVAL_SECS", 10, 1)?,
-            slow_query: Duration::from_millis(
-                env.number("DB_SLOW_QUERY_MS", 200, 0, 3_600_000)?.into(),
-            ),
-        };
-        let log_format = match env.raw("LOG_FORMAT").as_deref() {
-            None | Some("pretty") => LogFormat::Pretty,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError {
-                    variable: "LOG_FORMAT",
-                    value: other.to_owned(),
-                    expected: "pretty or json".to_owned(),
-                });
-            }
-        };
-        // Checked even without REDIS_URL: a bad value is refused before it matters.
-        let cache_ttl = env.secs("CACHE_TTL_SECS", 300, 1)?;
-        let cache_timeout =
-            Duration::from_millis(env.number("CACHE_TIMEOUT_MS", 50, 1, 60_000)?.into());
-        let cache_ca_file = env.raw("REDIS_CA_FILE").map(PathBuf::from);
-        let cache = env.redis_url()?.map(|url| CacheConfig {
-            url: url.into(),
-            ca_file: cache_ca_file,
-            ttl: cache_ttl,
-            timeout: cache_timeout,
-        });
-        // Checked even without DATABASE_READ_URL, as the cache's settings are.
-        let max_lag =
-            Duration::from_millis(env.number("DB_READ_MAX_LAG_MS", 1000, 0, 3_600_000)?.into());
-        let replica = env.read_url(&database_url)?.map(|url| ReplicaConfig {
-            url: url.into(),
-            max_lag,
-        });
         let migration_url = env.migration_url(&database_url)?.map(SecretString::from);
         Ok(Self {
+            pool: PoolConfig::parse(&env)?,
+            cache: CacheConfig::parse(&env)?,
+            replica: ReplicaConfig::parse(&env, &database_url)?,
+            connections: ConnectionLimits::parse(&env)?,
+            log_format: env.choice(
+                "LOG_FORMAT",
+                &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
+            )?,
             database_url: database_url.into(),
             migration_url,
             migration_lock_timeout: env.secs("DB_MIGRATION_LOCK_TIMEOUT_SECS", 300, 1)?,
             application_name: env
                 .raw("DB_APPLICATION_NAME")
                 .unwrap_or_else(|| "user-service".to_owned()),
-            pool,
-            cache,
-            replica,
             http_addr: env.parsed(
                 "HTTP_ADDR",
                 "127.0.0.1:8080",
@@ -269,14 +206,8 @@ impl Config {
                 "127.0.0.1:9464",
                 "a socket address such as 127.0.0.1:9464",
             )?,
-            connections: ConnectionLimits {
-                header_timeout: env.secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1)?,
-                idle_timeout: env.secs("HTTP_IDLE_TIMEOUT_SECS", 60, 1)?,
-                max_connections: env.number("HTTP_MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
-            },
             request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1)?,
             run_migrations: env.boolean("RUN_MIGRATIONS", true)?,
-            log_format,
             otel_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
             otel_service_name: env
                 .raw("OTEL_SERVICE_NAME")
@@ -304,6 +235,82 @@ impl Config {
 
 fn nonzero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
+}
+
+impl PoolConfig {
+    fn parse(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let max_connections = env.number("DB_MAX_CONNECTIONS", 50, 1, 10_000)?;
+        let min_connections = env.number("DB_MIN_CONNECTIONS", 5, 0, 10_000)?;
+        if min_connections > max_connections {
+            return Err(ConfigError {
+                variable: "DB_MIN_CONNECTIONS",
+                value: min_connections.to_string(),
+                expected: format!("at most DB_MAX_CONNECTIONS ({max_connections})"),
+            });
+        }
+        let test_idle = env.secs("DB_TEST_IDLE_SECS", 30, 0)?;
+        let statement_timeout_ms = env.number("DB_STATEMENT_TIMEOUT_MS", 5000, 0, 3_600_000)?;
+        Ok(PoolConfig {
+            max_connections,
+            min_connections,
+            read_connections: env.number("DB_READ_CONNECTIONS", 1, 1, 10_000)?,
+            acquire_timeout: env.secs("DB_ACQUIRE_TIMEOUT_SECS", 3, 1)?,
+            idle_timeout: nonzero(env.secs("DB_IDLE_TIMEOUT_SECS", 600, 0)?),
+            max_lifetime: nonzero(env.secs("DB_MAX_LIFETIME_SECS", 1800, 0)?),
+            health_check: env.choice(
+                "DB_TEST_BEFORE_ACQUIRE",
+                &[
+                    ("idle", HealthCheck::IfIdleFor(test_idle)),
+                    ("always", HealthCheck::Always),
+                    ("never", HealthCheck::Never),
+                ],
+            )?,
+            statement_timeout: nonzero(Duration::from_millis(statement_timeout_ms.into())),
+            prepared_statements: env.boolean("DB_PREPARED_STATEMENTS", true)?,
+            metrics_interval: env.secs("DB_POOL_METRICS_INTERVAL_SECS", 10, 1)?,
+            slow_query: Duration::from_millis(
+                env.number("DB_SLOW_QUERY_MS", 200, 0, 3_600_000)?.into(),
+            ),
+        })
+    }
+}
+
+impl CacheConfig {
+    /// `None` without `REDIS_URL`; its settings are checked all the same, so a bad value is
+    /// refused before it matters.
+    fn parse(env: &Env<'_>) -> Result<Option<Self>, ConfigError> {
+        let ttl = env.secs("CACHE_TTL_SECS", 300, 1)?;
+        let timeout = Duration::from_millis(env.number("CACHE_TIMEOUT_MS", 50, 1, 60_000)?.into());
+        let ca_file = env.raw("REDIS_CA_FILE").map(PathBuf::from);
+        Ok(env.redis_url()?.map(|url| CacheConfig {
+            url: url.into(),
+            ca_file,
+            ttl,
+            timeout,
+        }))
+    }
+}
+
+impl ReplicaConfig {
+    /// `None` without `DATABASE_READ_URL`; checked all the same, as the cache's settings are.
+    fn parse(env: &Env<'_>, database_url: &str) -> Result<Option<Self>, ConfigError> {
+        let max_lag =
+            Duration::from_millis(env.number("DB_READ_MAX_LAG_MS", 1000, 0, 3_600_000)?.into());
+        Ok(env.read_url(database_url)?.map(|url| ReplicaConfig {
+            url: url.into(),
+            max_lag,
+        }))
+    }
+}
+
+impl ConnectionLimits {
+    fn parse(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(ConnectionLimits {
+            header_timeout: env.secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1)?,
+            idle_timeout: env.secs("HTTP_IDLE_TIMEOUT_SECS", 60, 1)?,
+            max_connections: env.number("HTTP_MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
+        })
+    }
 }
 
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -470,6 +477,33 @@ impl Env<'_> {
     ) -> Result<Duration, ConfigError> {
         self.number(variable, default, min, 86_400 * 7)
             .map(|secs| Duration::from_secs(secs.into()))
+    }
+
+    /// One of `choices` by name; absent: the first.
+    fn choice<T: Clone>(
+        &self,
+        variable: &'static str,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(value) = self.raw(variable) else {
+            return Ok(choices[0].1.clone());
+        };
+        choices
+            .iter()
+            .find(|(name, _)| *name == value)
+            .map(|(_, choice)| choice.clone())
+            .ok_or_else(|| ConfigError {
+                variable,
+                value,
+                expected: format!(
+                    "one of {}",
+                    choices
+                        .iter()
+                        .map(|(name, _)| *name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
     }
 
     fn boolean(&self, variable: &'static str, default: bool) -> Result<bool, ConfigError> {

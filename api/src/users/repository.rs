@@ -689,13 +689,7 @@ impl UserRepository {
                 Err(RepoError::VersionMismatch)
             };
         }
-        let versions = match precondition {
-            Precondition::Any => None,
-            Precondition::OneOf(versions) if versions.is_empty() => {
-                return Err(self.why_unmatched(id).await);
-            }
-            Precondition::OneOf(versions) => Some(versions),
-        };
+        let versions = self.versions(id, precondition).await?;
         let write = Write::Update {
             id,
             changes,
@@ -831,13 +825,7 @@ impl UserRepository {
     }
 
     pub async fn delete(&self, id: Uuid, precondition: Precondition) -> Result<(), RepoError> {
-        let versions = match precondition {
-            Precondition::Any => None,
-            Precondition::OneOf(versions) if versions.is_empty() => {
-                return Err(self.why_unmatched(id).await);
-            }
-            Precondition::OneOf(versions) => Some(versions),
-        };
+        let versions = self.versions(id, precondition).await?;
         let statement = self.build(&statements::delete(id, versions));
         let deleted = self
             .db
@@ -912,6 +900,22 @@ impl UserRepository {
         let target = Self::keys(Operation::PurgeIdempotencyKeys);
         while self.db.execute(target, &statement).await? > 0 {}
         Ok(())
+    }
+
+    /// The versions a conditional write filters on (`None`: any), or, when it can match none
+    /// (only tags that are not versions of ours), why.
+    async fn versions(
+        &self,
+        id: Uuid,
+        precondition: Precondition,
+    ) -> Result<Option<Vec<i64>>, RepoError> {
+        match precondition {
+            Precondition::Any => Ok(None),
+            Precondition::OneOf(versions) if versions.is_empty() => {
+                Err(self.why_unmatched(id).await)
+            }
+            Precondition::OneOf(versions) => Ok(Some(versions)),
+        }
     }
 
     /// After a conditional write touched no row: was the user missing, or its version wrong?
