@@ -22,6 +22,12 @@ impl Scenario {
         matches!(self.lua, "create" | "create_keyed" | "mix")
     }
 
+    /// It sends `Idempotency-Key`: it needs the keys' table, which `before`'s database (the
+    /// first migration only) does not have.
+    pub fn keyed(&self) -> bool {
+        self.lua.ends_with("_keyed")
+    }
+
     /// It updates users with `If-Match` (their versions are read before it).
     pub fn updates(lua: &str) -> bool {
         matches!(lua, "update" | "update_keyed" | "mix")
