@@ -23,6 +23,7 @@ mod service;
 mod smoke;
 mod soak;
 mod statements;
+mod summary;
 
 use std::path::PathBuf;
 
@@ -77,6 +78,8 @@ enum Command {
     Neighbour(neighbour::Settings),
     /// One consumer catching up on the change feed: changes per second (`feed/CONSUMER.md`).
     Feed(feed::Settings),
+    /// Every run's ratios in one table (`SUMMARY.md`), from the `RESULTS.md` files.
+    Summary,
     /// A few seconds on a small database: proves the tool works, measures nothing (CI).
     Smoke {
         /// The api binary to run (a debug build is fine here).
@@ -164,6 +167,7 @@ async fn main() -> Result<()> {
         } => smoke(binary, database_url).await,
         Command::Neighbour(settings) => neighbour::run(&settings).await,
         Command::Feed(settings) => feed::run(&settings).await,
+        Command::Summary => summary::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))),
         Command::Explain { common } => {
             let indexed = seed::with_database(&common.database_url, &common.database);
             let noidx =
