@@ -97,6 +97,9 @@ fn parse(file: &str, text: &str) -> Option<Run> {
     })
 }
 
+/// A scenario and its ratio in each run that measured it.
+type Seen<'a> = (&'a str, Vec<(&'a str, f64)>);
+
 fn render(runs: &[Run]) -> String {
     let mut md = String::from(
         "# Benchmark summary\n\n\
@@ -116,7 +119,7 @@ fn render(runs: &[Run]) -> String {
         );
     }
     // configuration -> scenario -> [(run, ratio)], in first-seen order of scenarios.
-    let mut table: BTreeMap<&str, Vec<(&str, Vec<(&str, f64)>)>> = BTreeMap::new();
+    let mut table: BTreeMap<&str, Vec<Seen<'_>>> = BTreeMap::new();
     for run in runs {
         for (configuration, scenario, ratio) in &run.ratios {
             let scenarios = table.entry(configuration).or_default();
