@@ -55,8 +55,8 @@ pub async fn build(config: Config) -> Result<App, StartupError> {
     }
     let metrics = Metrics::install();
     Operation::register_all();
-    if db.replica.is_some() {
-        observability::db::register_replica();
+    if let Some(replica) = &config.replica {
+        observability::db::register_replica(replica.max_lag);
     }
     let cache = match &config.cache {
         Some(cache) => {

@@ -9,6 +9,9 @@ pub const POOL_IDLE: &str = "database_pool_connections_idle";
 pub const POOL_MAX: &str = "database_pool_connections_max";
 pub const POOL_MIN: &str = "database_pool_connections_min";
 pub const REPLICA_LAG: &str = "database_replica_lag_seconds";
+/// The lag past which reads leave the replica (`DB_READ_MAX_LAG_MS`): the alert's threshold,
+/// read from the service rather than written again in the rule.
+pub const REPLICA_MAX_LAG: &str = "database_replica_max_lag_seconds";
 pub const REPLICA_FALLBACKS: &str = "database_replica_fallbacks_total";
 
 /// Which database answered, as the `pool` label says it (only with a replica configured).
@@ -163,10 +166,11 @@ pub fn record_fallback(reason: Fallback) {
 }
 
 /// Registers the replica's series at 0, so its dashboards and alerts read 0 before the first
-/// fallback.
-pub fn register_replica() {
+/// fallback, and its configured lag limit.
+pub fn register_replica(max_lag: Duration) {
     for reason in Fallback::ALL {
         metrics::counter!(REPLICA_FALLBACKS, "reason" => reason.as_str()).absolute(0);
     }
     record_replica_lag(Duration::ZERO);
+    metrics::gauge!(REPLICA_MAX_LAG).set(max_lag.as_secs_f64());
 }
