@@ -23,7 +23,7 @@ impl TextRule for IdempotencyKeyRule {
     const MAX_CHARS: Option<usize> = Some(255);
     // Visible ASCII (RFC 5234's VCHAR): what a client generates, a UUID most often.
     const PATTERN: &'static str = "^[!-~]+$";
-    const EXPECTED: &'static str = "1 to 255 visible ASCII characters";
+    const EXPECTED: &'static str = "visible ASCII";
 
     fn regex() -> &'static Regex {
         static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(IdempotencyKeyRule::PATTERN));

@@ -20,11 +20,23 @@ pub trait TextRule: Send + Sync + 'static {
     const MAX_CHARS: Option<usize> = None;
     /// An ECMA-262 and Rust `regex` compatible pattern, anchored.
     const PATTERN: &'static str;
-    /// What a valid value is, for error messages.
+    /// What a valid value is, for error messages, its length aside (that is added from
+    /// [`Self::MIN_CHARS`] and [`Self::MAX_CHARS`], so no limit is written twice).
     const EXPECTED: &'static str;
     /// The compiled [`Self::PATTERN`]: a `static` of the implementation, so each rule
     /// compiles once.
     fn regex() -> &'static regex::Regex;
+
+    /// [`Self::EXPECTED`] with the length limits.
+    fn expected() -> String {
+        let length = match (Self::MIN_CHARS, Self::MAX_CHARS) {
+            (Some(min), Some(max)) => format!(", {min} to {max} characters"),
+            (None, Some(max)) => format!(", at most {max} characters"),
+            (Some(min), None) => format!(", at least {min} characters"),
+            (None, None) => String::new(),
+        };
+        format!("{}{length}", Self::EXPECTED)
+    }
 
     fn check(text: &str) -> Result<(), String> {
         let chars = text.chars().count();
@@ -34,7 +46,7 @@ pub trait TextRule: Send + Sync + 'static {
         if fits {
             Ok(())
         } else {
-            Err(format!("must be {}", Self::EXPECTED))
+            Err(format!("must be {}", Self::expected()))
         }
     }
 }

@@ -34,8 +34,7 @@ impl TextRule for EmailRule {
     const MAX_CHARS: Option<usize> = Some(254);
     /// WHATWG's `type=email` syntax.
     const PATTERN: &'static str = r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$";
-    const EXPECTED: &'static str =
-        "a valid address (WHATWG's type=email syntax) of at most 254 characters";
+    const EXPECTED: &'static str = "a valid address (WHATWG's type=email syntax)";
 
     fn regex() -> &'static Regex {
         static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(EmailRule::PATTERN));
@@ -50,8 +49,7 @@ impl TextRule for NameRule {
     const MAX_CHARS: Option<usize> = Some(200);
     /// Not blank, and no NUL, which PostgreSQL text cannot hold.
     const PATTERN: &'static str = r"^[^\x00]*[^\x00\s][^\x00]*$";
-    const EXPECTED: &'static str =
-        "at most 200 characters, not only whitespace, with no NUL character";
+    const EXPECTED: &'static str = "text that is not only whitespace and has no NUL character";
 
     fn regex() -> &'static Regex {
         static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(NameRule::PATTERN));
@@ -66,7 +64,7 @@ impl TextRule for EmailKeyRule {
     const MIN_CHARS: Option<usize> = Some(1);
     const MAX_CHARS: Option<usize> = EmailRule::MAX_CHARS;
     const PATTERN: &'static str = r"^[^\x00]*$";
-    const EXPECTED: &'static str = "1 to 254 characters with no NUL character";
+    const EXPECTED: &'static str = "text with no NUL character";
 
     fn regex() -> &'static Regex {
         static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(EmailKeyRule::PATTERN));
@@ -81,7 +79,7 @@ impl TextRule for NamePrefixRule {
     const MIN_CHARS: Option<usize> = Some(1);
     const MAX_CHARS: Option<usize> = NameRule::MAX_CHARS;
     const PATTERN: &'static str = r"^[^\x00]*$";
-    const EXPECTED: &'static str = "1 to 200 characters with no NUL character";
+    const EXPECTED: &'static str = "text with no NUL character";
 
     fn regex() -> &'static Regex {
         static REGEX: LazyLock<Regex> = LazyLock::new(|| compile(NamePrefixRule::PATTERN));
@@ -122,11 +120,10 @@ impl From<users::Model> for User {
 #[derive(Debug, Object)]
 #[oai(rename = "CreateUser", deny_unknown_fields)]
 pub struct CreateUserRequest {
-    /// A valid address (WHATWG's `type=email` syntax) of at most 254 characters, unique
-    /// case-insensitively.
+    /// A valid address (WHATWG's `type=email` syntax), unique case-insensitively.
     pub email: Email,
-    /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
-    /// text cannot hold.
+    /// Not blank once surrounding whitespace is trimmed (as it is stored); no NUL, which
+    /// PostgreSQL text cannot hold.
     pub name: Name,
 }
 
@@ -143,11 +140,10 @@ impl From<CreateUserRequest> for NewUser {
 #[derive(Debug, Object)]
 #[oai(rename = "UpdateUser", deny_unknown_fields)]
 pub struct UpdateUserRequest {
-    /// A valid address (WHATWG's `type=email` syntax) of at most 254 characters, unique
-    /// case-insensitively.
+    /// A valid address (WHATWG's `type=email` syntax), unique case-insensitively.
     pub email: MaybeUndefined<Email>,
-    /// 1 to 200 characters after trimming surrounding whitespace; no NUL, which PostgreSQL
-    /// text cannot hold.
+    /// Not blank once surrounding whitespace is trimmed (as it is stored); no NUL, which
+    /// PostgreSQL text cannot hold.
     pub name: MaybeUndefined<Name>,
 }
 

@@ -110,3 +110,41 @@ fn every_cargo_command_of_the_readme_names_real_targets() {
     }
     assert!(checked >= 3, "checked {checked} targets");
 }
+
+/// The limits docs/api.md gives are the rules' own: each row names its rule's length (a rule
+/// changed without its row fails here).
+#[test]
+fn the_api_pages_limits_are_the_rules() {
+    use api::http::idempotency::IdempotencyKeyRule;
+    use api::http::text_rule::TextRule;
+    use api::users::wire::{EmailKeyRule, EmailRule, NamePrefixRule, NameRule};
+
+    fn length<R: TextRule>() -> String {
+        match (R::MIN_CHARS, R::MAX_CHARS) {
+            (Some(min), Some(max)) => format!("{min} to {max} characters"),
+            (_, Some(max)) => format!("at most {max} characters"),
+            _ => unreachable!("every rule here has a maximum"),
+        }
+    }
+    let page = read("docs/api.md");
+    let row = |what: &str| {
+        page.lines()
+            .find(|line| line.starts_with(&format!("| {what} |")))
+            .unwrap_or_else(|| panic!("docs/api.md has no limits row for {what}"))
+            .to_owned()
+    };
+    let rows = [
+        (row("`email`"), length::<EmailRule>()),
+        (row("`name`"), length::<NameRule>()),
+        (row("`email` of a lookup"), length::<EmailKeyRule>()),
+        (row("`name_prefix`"), length::<NamePrefixRule>()),
+        (row("`Idempotency-Key`"), length::<IdempotencyKeyRule>()),
+        (
+            row("request body"),
+            format!("{} KiB", api::http::BODY_LIMIT / 1024),
+        ),
+    ];
+    for (row, limit) in rows {
+        assert!(row.contains(&limit), "{row} should say {limit}");
+    }
+}
