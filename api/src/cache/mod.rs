@@ -23,11 +23,13 @@ mod entry;
 pub mod keys;
 
 use std::future::Future;
+#[cfg(feature = "test-hooks")]
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "test-hooks")]
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use observability::cache::{CacheResult, record};
@@ -98,7 +100,9 @@ pub enum Read {
     Unavailable,
 }
 
-/// A test hook, run between a fill's database read and its store.
+/// A test hook, run between a fill's database read and its store (feature `test-hooks`: the
+/// tests' build only).
+#[cfg(feature = "test-hooks")]
 pub type FillHook = dyn Fn(Uuid) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
 
 /// The cache client of one instance. Cheap to clone.
@@ -114,6 +118,7 @@ struct Inner {
     generation: AtomicU64,
     store: Script,
     lookup: Script,
+    #[cfg(feature = "test-hooks")]
     fill_hook: ArcSwapOption<Box<FillHook>>,
 }
 
@@ -157,6 +162,7 @@ impl Cache {
             generation: AtomicU64::new(0),
             store: Script::new(&store_script()),
             lookup: Script::new(include_str!("lookup.lua")),
+            #[cfg(feature = "test-hooks")]
             fill_hook: ArcSwapOption::empty(),
         })))
     }
@@ -283,6 +289,7 @@ impl Cache {
     /// After a miss: stores what the database answered, unless the cache holds something at
     /// least as new by then. `email` also points that address at the user.
     pub async fn fill(&self, stamp: Stamp, id: Uuid, entry: &Entry, email: Option<&str>) {
+        #[cfg(feature = "test-hooks")]
         if let Some(hook) = self.0.fill_hook.load_full() {
             hook(id).await;
         }
@@ -448,12 +455,13 @@ impl Cache {
     }
 
     /// Whether this instance answers reads from the cache now (false while it recovers).
+    #[cfg(feature = "test-hooks")]
     pub fn in_use(&self) -> bool {
         self.0.availability.usable()
     }
 
-    /// Test hook: runs `hook` in every fill between the database read and the store.
-    #[doc(hidden)]
+    /// Runs `hook` in every fill between the database read and the store.
+    #[cfg(feature = "test-hooks")]
     pub fn set_fill_hook(&self, hook: Option<Box<FillHook>>) {
         self.0.fill_hook.store(hook.map(Arc::new));
     }

@@ -323,8 +323,12 @@ pub struct Pipelines {
 /// What ran, for a metric callback (as SeaORM's `set_metric_callback` reports it).
 pub struct StatementInfo<'a> {
     pub sql: &'a str,
+    /// The values and whether it was prepared (named, planned once) or unnamed (planned with
+    /// its values): for the tests that EXPLAIN what ran (feature `test-hooks`); the service's
+    /// own callback, the slow-statement log, never logs values.
+    #[cfg(feature = "test-hooks")]
     pub values: &'a [Value],
-    /// Prepared (named, planned once), or unnamed (planned with its values).
+    #[cfg(feature = "test-hooks")]
     pub prepared: bool,
     pub elapsed: Duration,
     pub failed: bool,
@@ -440,7 +444,9 @@ impl Pipelines {
     }
 
     /// Runs `call`, the statement `sql` with `values`, on a leased connection: at most the
-    /// acquire timeout to get a place, at most `answer_within` for the answer.
+    /// acquire timeout to get a place, at most `answer_within` for the answer. (`values` and
+    /// `prepared` only go to the tests' callback.)
+    #[cfg_attr(not(feature = "test-hooks"), expect(unused_variables))]
     async fn run<T, F, Fut>(
         &self,
         lane: Lane,
@@ -473,7 +479,9 @@ impl Pipelines {
         if let Some(callback) = &*self.callback.load() {
             callback(&StatementInfo {
                 sql,
+                #[cfg(feature = "test-hooks")]
                 values,
+                #[cfg(feature = "test-hooks")]
                 prepared,
                 elapsed: started.elapsed(),
                 failed: result.is_err(),
