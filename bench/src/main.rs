@@ -200,16 +200,6 @@ async fn seed_both(common: &Common) -> Result<()> {
     .await
 }
 
-/// The user of a `postgres://user[:password]@host/...` URL.
-fn database_user(url: &str) -> String {
-    url.split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('@').next())
-        .and_then(|credentials| credentials.split(':').next())
-        .unwrap_or("postgres")
-        .to_owned()
-}
-
 pub fn parse_build(text: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = text
         .split_once('=')

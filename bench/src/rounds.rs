@@ -15,8 +15,8 @@ use crate::postgres::Settings;
 use crate::scenarios::Scenario;
 use crate::service::Service;
 use crate::{
-    Common, RunArgs, cache, data, database_user, explain, instructions, load, middleware,
-    pgbouncer, postgres, replica, scenarios, seed, service,
+    Common, RunArgs, cache, data, explain, instructions, load, middleware, pgbouncer, postgres,
+    replica, scenarios, seed, service,
 };
 
 /// Everything one run measured.
@@ -83,7 +83,7 @@ pub(crate) async fn measure(common: &Common, run: &RunArgs) -> Result<Report> {
         false => None,
     };
     let _bouncer = match run.configs.iter().any(|name| name == "pgbouncer") {
-        true => Some(pgbouncer::Server::start(&database_user(&common.database_url)).await?),
+        true => Some(pgbouncer::start(&testkit::user_of(&common.database_url)).await?),
         false => None,
     };
     let _replica = match run.configs.iter().any(|name| name == "replica") {

@@ -102,7 +102,7 @@ impl TestDb {
                 let url = database_url(&name);
                 let bouncer = match backend {
                     Backend::PgBouncer => {
-                        let bouncer = pgbouncer::PgBouncer::start().await;
+                        let bouncer = pgbouncer::start().await;
                         let through = bouncer.url_of(&url);
                         Some((bouncer, through))
                     }
