@@ -10,6 +10,27 @@ use poem_openapi::types::{
 };
 use serde_json::Value;
 
+/// What every one-value type of the API writes alike in poem-openapi's `Type` (required, its
+/// own raw value, one element), inside an `impl Type for T` block.
+macro_rules! one_value_type {
+    () => {
+        const IS_REQUIRED: bool = true;
+        type RawValueType = Self;
+        type RawElementValueType = Self;
+
+        fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+            Some(self)
+        }
+
+        fn raw_element_iter<'a>(
+            &'a self,
+        ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+            Box::new(self.as_raw_value().into_iter())
+        }
+    };
+}
+pub(crate) use one_value_type;
+
 /// A rule for a text input: its limits and pattern, written once. The spec's schema and the
 /// server's check are both derived from it, and the pattern is compiled once per process
 /// (poem-openapi's `validator(pattern)` compiles it on every request).
@@ -84,9 +105,7 @@ impl<R: TextRule> std::fmt::Debug for Checked<R> {
 }
 
 impl<R: TextRule> Type for Checked<R> {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
+    one_value_type!();
 
     fn name() -> Cow<'static, str> {
         "string".into()
@@ -99,16 +118,6 @@ impl<R: TextRule> Type for Checked<R> {
             pattern: Some(R::PATTERN.to_owned()),
             ..MetaSchema::new("string")
         }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
     }
 }
 

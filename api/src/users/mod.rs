@@ -7,9 +7,7 @@
 macro_rules! opaque_parameter {
     ($token:ty, $pattern:expr, $decode:path) => {
         impl poem_openapi::types::Type for $token {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = Self;
-            type RawElementValueType = Self;
+            $crate::http::text_rule::one_value_type!();
 
             fn name() -> std::borrow::Cow<'static, str> {
                 "string".into()
@@ -22,16 +20,6 @@ macro_rules! opaque_parameter {
                         ..poem_openapi::registry::MetaSchema::new("string")
                     },
                 ))
-            }
-
-            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-                Some(self)
-            }
-
-            fn raw_element_iter<'a>(
-                &'a self,
-            ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-                Box::new(self.as_raw_value().into_iter())
             }
         }
 

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::repository::{Change, NewUser, UserChanges};
 use crate::http::error::ApiError;
-use crate::http::text_rule::{Checked, TextRule, compile};
+use crate::http::text_rule::{Checked, TextRule, compile, one_value_type};
 
 /// An email address: stored as given, unique case-insensitively.
 pub type Email = Checked<EmailRule>;
@@ -189,9 +189,7 @@ pub struct UserChange {
 pub struct UserOrDeleted(pub Option<User>);
 
 impl Type for UserOrDeleted {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
+    one_value_type!();
 
     fn name() -> Cow<'static, str> {
         "User or null".into()
@@ -207,16 +205,6 @@ impl Type for UserOrDeleted {
 
     fn register(registry: &mut Registry) {
         User::register(registry);
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
     }
 }
 
