@@ -36,16 +36,6 @@ impl Failure for DbErr {
     }
 }
 
-impl Failure for super::postgres::PgError {
-    fn kind(&self) -> ErrorKind {
-        super::postgres::PgError::kind(self)
-    }
-
-    fn sqlstate(&self) -> Option<String> {
-        super::postgres::PgError::sqlstate(self).map(str::to_owned)
-    }
-}
-
 /// What a database call runs, for its span.
 pub struct Call<'a> {
     pub operation: Operation,

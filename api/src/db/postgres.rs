@@ -43,7 +43,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Row, Statement};
 
 use super::ErrorKind;
-use super::observe::sqlstate_kind;
+use super::observe::{Failure, sqlstate_kind};
 use super::server::{ConnectError, PgServer, with_causes};
 use crate::config::{HealthCheck, PoolConfig};
 
@@ -770,6 +770,16 @@ fn spread(lifetime: Duration, index: usize) -> Duration {
     // A fresh `RandomState` is seeded randomly: a draw per connection without a `rand` crate.
     let draw = std::collections::hash_map::RandomState::new().hash_one(index) % SHARES;
     lifetime - lifetime / 10 * draw as u32 / SHARES as u32
+}
+
+impl Failure for PgError {
+    fn kind(&self) -> ErrorKind {
+        PgError::kind(self)
+    }
+
+    fn sqlstate(&self) -> Option<String> {
+        PgError::sqlstate(self).map(str::to_owned)
+    }
 }
 
 /// A statement's values as tokio-postgres parameters. (sea-query-postgres does this, but does

@@ -8,7 +8,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::repository::{NewUser, Precondition, UserChanges};
 use crate::http::auth::Principal;
 use crate::http::idempotency::IdempotencyKey;
 
@@ -41,27 +40,6 @@ pub enum KeyedWrite<'a> {
         email: Option<&'a str>,
         name: Option<&'a str>,
     },
-}
-
-impl<'a> KeyedWrite<'a> {
-    pub fn create(new: &'a NewUser) -> Self {
-        KeyedWrite::Create {
-            email: &new.email,
-            name: &new.name,
-        }
-    }
-
-    pub fn update(id: Uuid, changes: &'a UserChanges, precondition: &'a Precondition) -> Self {
-        KeyedWrite::Update {
-            id,
-            if_match: match precondition {
-                Precondition::Any => None,
-                Precondition::OneOf(versions) => Some(versions),
-            },
-            email: changes.email.as_deref(),
-            name: changes.name.as_deref(),
-        }
-    }
 }
 
 impl KeyClaim {
@@ -105,16 +83,16 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let alice = Principal::Client(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
         let bob = Principal::Client(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))));
-        let new = NewUser {
-            email: "a@example.com".into(),
-            name: "A".into(),
-        };
-        let other = NewUser {
-            email: "b@example.com".into(),
-            name: "A".into(),
-        };
+
         let claim = |who, key_text, write| KeyClaim::new(who, &key(key_text), write, ttl);
-        let (create, create_other) = (KeyedWrite::create(&new), KeyedWrite::create(&other));
+        let create = KeyedWrite::Create {
+            email: "a@example.com",
+            name: "A",
+        };
+        let create_other = KeyedWrite::Create {
+            email: "b@example.com",
+            name: "A",
+        };
         let first = claim(&alice, "k1", &create);
         let again = claim(&alice, "k1", &create);
         assert_eq!(
@@ -126,16 +104,13 @@ mod tests {
         let reused = claim(&alice, "k1", &create_other);
         assert_eq!(first.hash, reused.hash);
         assert_ne!(first.fingerprint, reused.fingerprint);
-        let changes = UserChanges {
+        let update = |if_match| KeyedWrite::Update {
+            id: Uuid::nil(),
+            if_match,
             email: None,
-            name: Some("A".into()),
+            name: Some("A"),
         };
-        let id = Uuid::nil();
-        let (any, one) = (Precondition::Any, Precondition::OneOf(vec![1]));
-        let (blind, guarded) = (
-            KeyedWrite::update(id, &changes, &any),
-            KeyedWrite::update(id, &changes, &one),
-        );
+        let (blind, guarded) = (update(None), update(Some(&[1][..])));
         assert_ne!(
             claim(&alice, "k1", &blind).fingerprint,
             claim(&alice, "k1", &guarded).fingerprint

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::change_token::ChangeToken;
 use super::cursor::{Cursor, Order};
-use super::idempotency::KeyClaim;
+use super::idempotency::{KeyClaim, KeyedWrite};
 use crate::db::postgres::pg_type;
 use crate::db::replica::{POSITION_COLUMN, PRIMARY_POSITION};
 use crate::db::{
@@ -64,6 +64,16 @@ pub struct NewUser {
     pub name: String,
 }
 
+impl NewUser {
+    /// This create, as an idempotency key's fingerprint reads it.
+    pub fn keyed(&self) -> KeyedWrite<'_> {
+        KeyedWrite::Create {
+            email: &self.email,
+            name: &self.name,
+        }
+    }
+}
+
 /// The fields a PATCH sets; `None` leaves a field as it is.
 #[derive(Clone, Default)]
 pub struct UserChanges {
@@ -74,6 +84,20 @@ pub struct UserChanges {
 impl UserChanges {
     pub fn is_empty(&self) -> bool {
         self.email.is_none() && self.name.is_none()
+    }
+
+    /// This update of user `id` under `precondition`, as an idempotency key's fingerprint
+    /// reads it.
+    pub fn keyed<'a>(&'a self, id: Uuid, precondition: &'a Precondition) -> KeyedWrite<'a> {
+        KeyedWrite::Update {
+            id,
+            if_match: match precondition {
+                Precondition::Any => None,
+                Precondition::OneOf(versions) => Some(versions),
+            },
+            email: self.email.as_deref(),
+            name: self.name.as_deref(),
+        }
     }
 }
 

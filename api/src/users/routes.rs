@@ -226,11 +226,7 @@ impl UsersApi {
         principal: Data<&Principal>,
     ) -> Result<Created, Errors<CreateErrors>> {
         let new = NewUser::from(body.0);
-        let claim = self.claim(
-            &principal,
-            idempotency_key.0.as_ref(),
-            KeyedWrite::create(&new),
-        );
+        let claim = self.claim(&principal, idempotency_key.0.as_ref(), new.keyed());
         let created = self
             .users
             .create(new, claim.as_ref())
@@ -404,7 +400,7 @@ impl UsersApi {
     ) -> Result<Updated, Errors<UpdateErrors>> {
         let changes = UserChanges::try_from(body.0)?;
         let precondition = if_match(if_match_header.0.as_ref());
-        let write = KeyedWrite::update(id.0, &changes, &precondition);
+        let write = changes.keyed(id.0, &precondition);
         let claim = self.claim(&principal, idempotency_key.0.as_ref(), write);
         let updated = self
             .users

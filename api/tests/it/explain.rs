@@ -9,7 +9,7 @@ use api::db::Freshness;
 use api::http::auth::Principal;
 use api::http::idempotency::IdempotencyKey;
 use api::users::cursor::Cursor;
-use api::users::idempotency::{KeyClaim, KeyedWrite};
+use api::users::idempotency::KeyClaim;
 use api::users::repository::{
     ListQuery, NewUser, Precondition, UserChanges, UserRepository, Written, statements,
 };
@@ -110,7 +110,7 @@ async fn every_repository_statement_uses_an_index() {
         KeyClaim::new(
             &Principal::Client(None),
             &IdempotencyKey::parse(key.to_owned()).unwrap(),
-            &KeyedWrite::create(&new),
+            &new.keyed(),
             std::time::Duration::from_secs(60),
         )
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use api::http::auth::Principal;
 use api::http::idempotency::IdempotencyKey;
-use api::users::idempotency::{KeyClaim, KeyedWrite};
+use api::users::idempotency::KeyClaim;
 use api::users::repository::{NewUser, UserRepository};
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestResponse};
@@ -211,7 +211,7 @@ async fn an_expired_key_runs_again_and_is_purged(backend: Backend) {
             name: Some("Ada Lovelace".into()),
         };
         let precondition = api::users::repository::Precondition::Any;
-        let write = KeyedWrite::update(id.parse().unwrap(), &changes, &precondition);
+        let write = changes.keyed(id.parse().unwrap(), &precondition);
         let key = IdempotencyKey::parse(key.to_owned()).unwrap();
         KeyClaim::new(
             &Principal::Client(None),
@@ -331,7 +331,7 @@ async fn a_repeat_while_the_first_runs_is_told_to_retry() {
     let claim = KeyClaim::new(
         &Principal::Client(None),
         &key,
-        &KeyedWrite::create(&new),
+        &new.keyed(),
         Duration::from_secs(1),
     );
     let mut running = PgConnection::connect(app.db.url()).await.unwrap();
