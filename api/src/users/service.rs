@@ -112,11 +112,7 @@ impl UserService {
     ) -> Result<Committed<(Uuid, UserJson)>, RepoError> {
         let stamp = self.stamp();
         let written = self.repository.create(new, key).await?;
-        let committed = self.written(stamp, written).await;
-        Ok(Committed {
-            value: (committed.value.0, committed.value.1),
-            position: committed.position,
-        })
+        Ok(self.written(stamp, written).await)
     }
 
     /// A hit answers whatever `freshness` asks: the cache holds nothing older than an
