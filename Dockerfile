@@ -8,7 +8,8 @@ COPY bench/Cargo.toml bench/
 COPY entity/Cargo.toml entity/
 COPY migration/Cargo.toml migration/
 COPY observability/Cargo.toml observability/
-RUN for crate in api bench entity migration observability; do mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; done \
+COPY testkit/Cargo.toml testkit/
+RUN for crate in api bench entity migration observability testkit; do mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; done \
     && cargo build --release -p api --locked
 COPY . .
 RUN touch api/src/main.rs api/src/lib.rs entity/src/lib.rs migration/src/lib.rs observability/src/lib.rs \
