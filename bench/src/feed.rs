@@ -58,11 +58,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         }
     }
     service.stop().await?;
-    std::fs::create_dir_all(&settings.out)?;
-    let path = settings.out.join("CONSUMER.md");
-    std::fs::write(&path, report(settings, &rates))?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    crate::report::save(&settings.out, "CONSUMER.md", &report(settings, &rates))
 }
 
 async fn seed(settings: &Settings, url: &str) -> Result<()> {

@@ -100,11 +100,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         eprintln!("neighbour: {name}");
         results.push(measure_build(settings, &url, &name, &binary, &script).await?);
     }
-    std::fs::create_dir_all(&settings.out)?;
-    let path = settings.out.join("RESULTS.md");
-    std::fs::write(&path, report(settings, &results))?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    crate::report::save(&settings.out, "RESULTS.md", &report(settings, &results))
 }
 
 async fn seed(settings: &Settings, url: &str) -> Result<()> {

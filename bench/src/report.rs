@@ -103,6 +103,15 @@ fn machine() -> String {
     )
 }
 
+/// Writes a report `name` into `out` (made if missing) and says where.
+pub fn save(out: &Path, name: &str, text: &str) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let path = out.join(name);
+    std::fs::write(&path, text)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 pub fn write(out: &Path, report: &Report) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let mut md = String::new();

@@ -328,6 +328,13 @@ pub async fn assert_problem(response: TestResponse, status: u16, code: &str) -> 
     problem
 }
 
+/// Asserts a 400 `invalid_request` whose `detail` names `what` (a field, header or parameter).
+pub async fn assert_invalid(response: TestResponse, what: &str) {
+    let problem = assert_problem(response, 400, "invalid_request").await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(what), "{problem}");
+}
+
 /// Runs each listed `async fn name(backend: Backend)` on every backend, the contract suite:
 /// `sqlite::name`, `postgres::name` and `pgbouncer::name`.
 #[macro_export]
