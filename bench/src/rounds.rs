@@ -313,9 +313,11 @@ impl Bench<'_> {
                     .entry((tuning, scenario.name.to_owned()))
                     .or_default()
                     .push(measured);
-                let runs_on =
-                    |c: &&&Config| c.postgres == tuning && (c.indexed || !scenario.keyed());
-                for config in ordered.iter().filter(runs_on) {
+                // A keyed scenario needs the keys' table, which `before`'s database lacks.
+                let runs = ordered
+                    .iter()
+                    .filter(|c| c.postgres == tuning && (c.indexed || !scenario.keyed()));
+                for config in runs {
                     let through_bouncer = pgbouncer::url_of(&urls.indexed);
                     let url = if config.pgbouncer {
                         &through_bouncer

@@ -91,10 +91,7 @@ impl UserChanges {
     pub fn keyed<'a>(&'a self, id: Uuid, precondition: &'a Precondition) -> KeyedWrite<'a> {
         KeyedWrite::Update {
             id,
-            if_match: match precondition {
-                Precondition::Any => None,
-                Precondition::OneOf(versions) => Some(versions),
-            },
+            if_match: precondition.versions(),
             email: self.email.as_deref(),
             name: self.name.as_deref(),
         }
@@ -111,11 +108,17 @@ pub enum Precondition {
 }
 
 impl Precondition {
-    fn admits(&self, version: i64) -> bool {
+    /// The versions it admits; `None`: any.
+    fn versions(&self) -> Option<&[i64]> {
         match self {
-            Precondition::Any => true,
-            Precondition::OneOf(versions) => versions.contains(&version),
+            Precondition::Any => None,
+            Precondition::OneOf(versions) => Some(versions),
         }
+    }
+
+    fn admits(&self, version: i64) -> bool {
+        self.versions()
+            .is_none_or(|versions| versions.contains(&version))
     }
 }
 
@@ -824,14 +827,13 @@ impl UserRepository {
             return stored.answer(claim).map(Some);
         }
         let target = Self::target(write.operation());
+        let statement = write.plain(backend);
         let user = match write {
             Write::Create(user) => {
-                let statement = self.build(&statements::insert(user));
                 transaction.execute(target, &statement).await?;
                 Some(user.clone())
             }
             Write::Update { .. } => {
-                let statement = write.plain(backend);
                 let updated = transaction.fetch(target, &statement, user_of).await?;
                 updated.into_iter().next()
             }
