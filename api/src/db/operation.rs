@@ -35,7 +35,7 @@ pub enum Operation {
     /// The primary's WAL position after a write, for its `Consistency-Token`.
     #[strum(serialize = "wal.position")]
     WalPosition,
-    /// An idempotency key's stored answer, read after a keyed write conflicted.
+    /// An idempotency key's stored answer, read after a keyed write wrote nothing.
     #[strum(serialize = "idempotency_key.find")]
     FindIdempotencyKey,
     /// SQLite: a keyed write takes its key, in the write's transaction.

@@ -402,20 +402,25 @@ pub mod statements {
         }
     }
 
-    /// The condition a keyed write's statement adds to its write ([`keyed`]): it writes only
-    /// when it holds the key's lock and the key has no live answer.
-    const UNCLAIMED: &str = "(SELECT held FROM held) AND NOT EXISTS (SELECT 1 FROM prior)";
+    /// The condition a keyed write adds to its write (PostgreSQL): the key's transaction-scoped
+    /// advisory lock, taken without waiting. Not taken: the same key's write is running now,
+    /// and this one writes nothing.
+    fn key_lock(claim: &KeyClaim) -> Expr {
+        Func::cust(Alias::new("pg_try_advisory_xact_lock"))
+            .arg(claim.lock)
+            .into()
+    }
 
-    /// [`insert`] as one row selected while the key is unclaimed, returning it (PostgreSQL:
+    /// [`insert`] as one row selected under the key's lock, returning the user ([`keyed`];
     /// each value cast, as a SELECT list gives the server no column to infer its type from).
-    pub fn insert_unclaimed(user: &users::Model) -> InsertStatement {
+    pub fn insert_unclaimed(user: &users::Model, claim: &KeyClaim) -> InsertStatement {
         let mut row = Query::select();
         for column in Column::iter() {
             let value = user.get(column);
             let sql_type = pg_type(&value);
             row.expr(Func::cast_as(Expr::val(value), Alias::new(sql_type.name())));
         }
-        row.and_where(Expr::cust(UNCLAIMED));
+        row.and_where(key_lock(claim));
         let mut insert = Query::insert();
         insert
             .into_table(Users)
@@ -426,45 +431,42 @@ pub mod statements {
         insert
     }
 
-    /// [`update_returning`] while the key is unclaimed.
+    /// [`update_returning`] under the key's lock ([`keyed`]).
     pub fn update_unclaimed(
         id: Uuid,
         changes: UserChanges,
         versions: Option<Vec<i64>>,
         now: DateTime<Utc>,
+        claim: &KeyClaim,
     ) -> UpdateStatement {
         let mut update = update_returning(id, changes, versions, now);
-        update.and_where(Expr::cust(UNCLAIMED));
+        update.and_where(key_lock(claim));
         update
     }
 
-    /// A keyed write as one statement (PostgreSQL), so its key and answer commit with it or
-    /// not at all: it takes the key's transaction-scoped advisory lock without waiting (`held`
-    /// false: the same key's write is running now), reads the key's live answer (`prior`),
-    /// runs `write` (guarded by [`UNCLAIMED`]) and stores what it returned under the key.
-    /// One row: `held`, and the answer if any (`fresh`: written now, else stored before, with
-    /// its request's `fingerprint`).
+    /// A keyed write as one statement (PostgreSQL), so its key commits with it or not at all:
+    /// `write` (under the key's lock: [`insert_unclaimed`], [`update_unclaimed`]) and the key
+    /// with the user written, in `idempotency_keys`. Returns that user; no row when it wrote
+    /// nothing.
+    ///
+    /// No probe for the key's answer first: a repeat is rare, and meets the key's unique index
+    /// (or the email's, or an `If-Match` it no longer matches) and writes nothing; its answer
+    /// is looked up then ([`find_key`]). A probe on every write cost more than repeats ever
+    /// do (bench/idempotency/README.md).
     pub fn keyed(write: Statement, claim: &KeyClaim) -> Statement {
         let mut values = write.values.map(|values| values.0).unwrap_or_default();
-        let next = values.len();
-        let (lock, hash, fingerprint, ttl) = (next + 1, next + 2, next + 3, next + 4);
         values.extend([
-            Value::from(claim.lock),
             Value::from(claim.hash),
             Value::from(claim.fingerprint),
             Value::from(claim.ttl_secs),
         ]);
+        let (hash, fingerprint, ttl) = (values.len() - 2, values.len() - 1, values.len());
         let columns = user_columns();
         let sql = format!(
-            "WITH held AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(${lock}) AS held), \
-             prior AS MATERIALIZED (SELECT * FROM {KEYS} WHERE key_hash = ${hash} \
-             AND expires_at_secs > {now}), \
-             written AS ({write}), \
+            "WITH written AS ({write}), \
              stored AS (INSERT INTO {KEYS} (key_hash, fingerprint, expires_at_secs, {columns}) \
              SELECT ${hash}, ${fingerprint}, {now} + ${ttl}, {columns} FROM written) \
-             SELECT held.held, answer.* FROM held LEFT JOIN (\
-             SELECT false AS fresh, fingerprint, {columns} FROM prior \
-             UNION ALL SELECT true, NULL, {columns} FROM written) answer ON true",
+             SELECT {columns} FROM written",
             write = write.sql,
             now = now_secs(DbBackend::Postgres),
         );
@@ -754,17 +756,7 @@ impl UserRepository {
             let Err(RepoError::EmailTaken) = outcome else {
                 return outcome;
             };
-            let statement = statements::find_key(self.db.backend(), claim);
-            let found = self
-                .db
-                .fetch(
-                    Self::keys(Operation::FindIdempotencyKey),
-                    &statement,
-                    Freshness::Latest,
-                    stored_of,
-                )
-                .await?;
-            match found.into_iter().next() {
+            match self.stored_answer(claim).await? {
                 None => return Err(RepoError::EmailTaken),
                 Some(stored) if stored.live => return stored.answer(claim).map(Some),
                 Some(_) => {
@@ -777,27 +769,50 @@ impl UserRepository {
         Err(RepoError::EmailTaken)
     }
 
-    /// PostgreSQL: the keyed write as one statement ([`statements::keyed`]).
+    /// The key's stored answer ([`statements::find_key`]), live or not.
+    async fn stored_answer(&self, claim: &KeyClaim) -> Result<Option<Stored>, RepoError> {
+        let statement = statements::find_key(self.db.backend(), claim);
+        let target = Self::keys(Operation::FindIdempotencyKey);
+        let found = self
+            .db
+            .fetch(target, &statement, Freshness::Latest, stored_of)
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// PostgreSQL: the keyed write as one statement ([`statements::keyed`]). Nothing written:
+    /// the key's live answer if it has one (a repeat); else, for an update, why it did not
+    /// match; else the key's lock was held ([`RepoError::IdempotencyInProgress`]).
     async fn keyed_statement(
         &self,
         claim: &KeyClaim,
         write: &Write,
     ) -> Result<Option<Written>, RepoError> {
-        let statement = statements::keyed(write.unclaimed(), claim);
-        let target = Self::target(write.operation());
-        let rows = self
-            .db
-            .fetch(target, &statement, Freshness::Latest, keyed_of)
+        let statement = statements::keyed(write.unclaimed(claim), claim);
+        let written = self
+            .users(write.operation(), &statement, Freshness::Latest)
             .await?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or(RepoError::Other(ErrorKind::Other))?;
-        match row.answer {
-            Some((true, stored)) => Ok(Some(Written::Fresh(stored.user))),
-            Some((false, stored)) => stored.answer(claim).map(Some),
-            None if !row.held => Err(RepoError::IdempotencyInProgress),
-            None => Ok(None),
+        if let Some(user) = written.into_iter().next() {
+            return Ok(Some(Written::Fresh(user)));
+        }
+        if let Some(stored) = self.stored_answer(claim).await?
+            && stored.live
+        {
+            return stored.answer(claim).map(Some);
+        }
+        let Write::Update { id, versions, .. } = write else {
+            return Err(RepoError::IdempotencyInProgress);
+        };
+        match self.version_now(*id).await? {
+            None => Err(record_not_found(Operation::UserVersion).into()),
+            Some(version)
+                if versions
+                    .as_ref()
+                    .is_none_or(|admitted| admitted.contains(&version)) =>
+            {
+                Err(RepoError::IdempotencyInProgress)
+            }
+            Some(_) => Err(RepoError::VersionMismatch),
         }
     }
 
@@ -946,22 +961,26 @@ impl UserRepository {
 
     /// After a conditional write touched no row: was the user missing, or its version wrong?
     async fn why_unmatched(&self, id: Uuid) -> RepoError {
-        let operation = Operation::UserVersion;
+        match self.version_now(id).await {
+            Ok(Some(_)) => RepoError::VersionMismatch,
+            Ok(None) => record_not_found(Operation::UserVersion).into(),
+            Err(error) => error,
+        }
+    }
+
+    /// The user's version on the primary now; `None`: no such user.
+    async fn version_now(&self, id: Uuid) -> Result<Option<i64>, RepoError> {
         let statement = self.build(&statements::version_of(id));
         let found = self
             .db
             .fetch(
-                Self::target(operation),
+                Self::target(Operation::UserVersion),
                 &statement,
                 Freshness::Latest,
                 |row| row.get::<i64>(Column::Version.as_str()),
             )
-            .await;
-        match found {
-            Ok(versions) if !versions.is_empty() => RepoError::VersionMismatch,
-            Ok(_) => record_not_found(operation).into(),
-            Err(kind) => kind.into(),
-        }
+            .await?;
+        Ok(found.into_iter().next())
     }
 }
 
@@ -1003,11 +1022,11 @@ impl Write {
         }
     }
 
-    /// PostgreSQL's form under a key: guarded by [`statements::keyed`]'s condition.
-    fn unclaimed(&self) -> Statement {
+    /// PostgreSQL's form under a key: under its lock, returning the user written.
+    fn unclaimed(&self, claim: &KeyClaim) -> Statement {
         let backend = DbBackend::Postgres;
         match self {
-            Write::Create(user) => backend.build(&statements::insert_unclaimed(user)),
+            Write::Create(user) => backend.build(&statements::insert_unclaimed(user, claim)),
             Write::Update {
                 id,
                 changes,
@@ -1018,6 +1037,7 @@ impl Write {
                 changes.clone(),
                 versions.clone(),
                 *now,
+                claim,
             )),
         }
     }
@@ -1048,31 +1068,6 @@ fn stored_of(row: Row<'_>) -> Result<Stored, ExecError> {
         live: row.get("live")?,
         fingerprint: row.get("fingerprint")?,
         user: user_of(row)?,
-    })
-}
-
-/// The row of [`statements::keyed`]: whether it held the key's lock, and the answer if any
-/// (`true`: written now).
-struct KeyedRow {
-    held: bool,
-    answer: Option<(bool, Stored)>,
-}
-
-fn keyed_of(row: Row<'_>) -> Result<KeyedRow, ExecError> {
-    let answer = match row.get::<Option<bool>>("fresh")? {
-        None => None,
-        Some(fresh) => Some((
-            fresh,
-            Stored {
-                live: true,
-                fingerprint: row.get::<Option<Uuid>>("fingerprint")?.unwrap_or_default(),
-                user: user_of(row)?,
-            },
-        )),
-    };
-    Ok(KeyedRow {
-        held: row.get("held")?,
-        answer,
     })
 }
 

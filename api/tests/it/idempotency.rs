@@ -23,6 +23,7 @@ use crate::common::{
 
 on_every_backend!(
     a_retried_create_is_answered_as_the_first_was,
+    a_retried_create_answers_the_user_as_created,
     a_retried_update_is_answered_as_the_first_was,
     bad_keys_are_refused_and_change_nothing,
     an_expired_key_runs_again_and_is_purged
@@ -102,6 +103,34 @@ async fn a_retried_create_is_answered_as_the_first_was(backend: Backend) {
         .await;
     let page = body(page).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+}
+
+/// The user a create made may change or go; a retry of the create still answers it as it was
+/// created, and creates nothing.
+async fn a_retried_create_answers_the_user_as_created(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    for (key, gone) in [("renamed", false), ("deleted", true)] {
+        let email = format!("{key}@example.com");
+        let first = answer(create_keyed(&app.client, key, &email).await).await;
+        assert_eq!(first.0, 201);
+        let location = first.1[0].clone().unwrap();
+        let changed = if gone {
+            app.client.delete(&location).send().await
+        } else {
+            let rename = json!({ "name": "Ada Lovelace" });
+            app.client.patch(&location).body_json(&rename).send().await
+        };
+        assert!(changed.0.status().is_success(), "{key}");
+        let again = answer(create_keyed(&app.client, key, &email).await).await;
+        assert_eq!(
+            (again.0, &again.1[..2], &again.2),
+            (first.0, &first.1[..2], &first.2),
+            "{key}: the first answer"
+        );
+        let reused = create_keyed(&app.client, key, "other@example.com").await;
+        assert_problem(reused, 422, "idempotency_key_reused").await;
+    }
+    assert_eq!(count_users(&app).await, 1, "the renamed user only");
 }
 
 async fn a_retried_update_is_answered_as_the_first_was(backend: Backend) {
@@ -380,7 +409,7 @@ async fn a_client_that_hangs_up_and_retries_gets_the_first_user() {
     eventually("the create waiting on the lock", 10, || async {
         count(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query LIKE '%idempotency_keys%'",
+             AND wait_event_type = 'Lock' AND query LIKE '%pg_try_advisory_xact_lock%'",
         )
         .await
             == 1
@@ -403,4 +432,54 @@ async fn a_client_that_hangs_up_and_retries_gets_the_first_user() {
     assert!(retried.starts_with("HTTP/1.1 201"), "{retried}");
     assert!(retried.contains(&id.to_string()), "{retried}");
     service.stop().await;
+}
+
+/// A keyed update that writes nothing says why: its key's lock held elsewhere (409, the user
+/// as it was), the user's version (412) or the user gone (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_update_that_writes_nothing_says_why() {
+    let app = TestApp::new(Backend::Postgres).await;
+    let user = app.create_ok("ada@example.com", "Ada").await;
+    let id: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
+    let patch = |if_match: &'static str, id: uuid::Uuid| {
+        app.client
+            .patch(format!("/api/v1/users/{id}"))
+            .header("If-Match", if_match)
+            .header("Idempotency-Key", KEY)
+            .body_json(&json!({ "name": "Ada Lovelace" }))
+            .send()
+    };
+    let changes = api::users::repository::UserChanges {
+        email: None,
+        name: Some("Ada Lovelace".into()),
+    };
+    let precondition = api::users::repository::Precondition::OneOf(vec![1]);
+    let key = IdempotencyKey::parse(KEY.to_owned()).unwrap();
+    let claim = KeyClaim::new(
+        &Principal::Client(None),
+        &key,
+        &changes.keyed(id, &precondition),
+        Duration::from_secs(1),
+    );
+    let mut running = PgConnection::connect(app.db.url()).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(claim.lock)
+        .execute(&mut running)
+        .await
+        .unwrap();
+    assert_problem(patch("\"1\"", id).await, 409, "idempotency_in_progress").await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(claim.lock)
+        .execute(&mut running)
+        .await
+        .unwrap();
+    let now = body(app.client.get(format!("/api/v1/users/{id}")).send().await).await;
+    assert_eq!(now, user, "unchanged");
+    assert_problem(patch("\"7\"", id).await, 412, "version_mismatch").await;
+    assert_problem(
+        patch("\"1\"", uuid::Uuid::now_v7()).await,
+        404,
+        "user_not_found",
+    )
+    .await;
 }

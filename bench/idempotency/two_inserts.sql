@@ -1,2 +1,0 @@
-\set r random(1, 1000000000000)
-WITH written AS (INSERT INTO users (id, email, name, created_at, updated_at, version) VALUES (gen_random_uuid(), 'fb-' || :client_id || '-' || :r || '@example.com', 'Bench User', now(), now(), 1) RETURNING id, email, name, created_at, updated_at, version) INSERT INTO idempotency_keys (key_hash, fingerprint, expires_at_secs, id, email, name, created_at, updated_at, version) SELECT md5(:client_id || '-' || :r)::uuid, md5('x')::uuid, extract(epoch FROM now())::bigint + 86400, id, email, name, created_at, updated_at, version FROM written;
