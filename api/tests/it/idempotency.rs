@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use api::http::auth::Principal;
 use api::http::idempotency::IdempotencyKey;
-use api::users::idempotency::KeyClaim;
+use api::users::idempotency::{KeyClaim, KeyedWrite};
 use api::users::repository::{NewUser, UserRepository};
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestResponse};
@@ -58,6 +58,45 @@ async fn create_keyed(client: &Client, key: &str, email: &str) -> TestResponse {
         .body_json(&json!({ "email": email, "name": "Ada" }))
         .send()
         .await
+}
+
+/// The claim of `write` under `key` by a client without a token, as the service makes it.
+fn claim_of(key: &str, write: &KeyedWrite<'_>) -> KeyClaim {
+    let key = IdempotencyKey::parse(key.to_owned()).unwrap();
+    KeyClaim::new(
+        &Principal::Client(None),
+        &key,
+        write,
+        Duration::from_secs(1),
+    )
+}
+
+/// A write's key lock, held on a connection of its own as a running write of that key holds
+/// it.
+struct HeldKeyLock {
+    connection: PgConnection,
+    lock: i64,
+}
+
+impl HeldKeyLock {
+    async fn take(url: &str, write: &KeyedWrite<'_>) -> Self {
+        let mut connection = PgConnection::connect(url).await.unwrap();
+        let lock = claim_of(KEY, write).lock;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        Self { connection, lock }
+    }
+
+    async fn release(mut self) {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.lock)
+            .execute(&mut self.connection)
+            .await
+            .unwrap();
+    }
 }
 
 /// How many users the database holds.
@@ -229,22 +268,12 @@ async fn an_expired_key_runs_again_and_is_purged(backend: Backend) {
             ),
         )
     };
-    let hash = |key: &str| {
-        let changes = api::users::repository::UserChanges {
-            email: None,
-            name: Some("Ada Lovelace".into()),
-        };
-        let precondition = api::users::repository::Precondition::Any;
-        let write = changes.keyed(id.parse().unwrap(), &precondition);
-        let key = IdempotencyKey::parse(key.to_owned()).unwrap();
-        KeyClaim::new(
-            &Principal::Client(None),
-            &key,
-            &write,
-            Duration::from_secs(1),
-        )
-        .hash
+    let changes = api::users::repository::UserChanges {
+        email: None,
+        name: Some("Ada Lovelace".into()),
     };
+    let precondition = api::users::repository::Precondition::Any;
+    let hash = |key: &str| claim_of(key, &changes.keyed(id.parse().unwrap(), &precondition)).hash;
     assert_eq!(expire(hash(KEY)).await.unwrap().rows_affected(), 1);
     assert_eq!(body(patch(KEY).await).await["version"], 4, "ran again");
     assert_eq!(body(patch("live").await).await["version"], 3, "replayed");
@@ -351,28 +380,12 @@ async fn a_repeat_while_the_first_runs_is_told_to_retry() {
         email: "ada@example.com".into(),
         name: "Ada".into(),
     };
-    let key = IdempotencyKey::parse(KEY.to_owned()).unwrap();
-    let claim = KeyClaim::new(
-        &Principal::Client(None),
-        &key,
-        &new.keyed(),
-        Duration::from_secs(1),
-    );
-    let mut running = PgConnection::connect(app.db.url()).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(claim.lock)
-        .execute(&mut running)
-        .await
-        .unwrap();
+    let running = HeldKeyLock::take(app.db.url(), &new.keyed()).await;
     let repeat = create_keyed(&app.client, KEY, "ada@example.com").await;
     assert!(repeat.0.headers().contains_key("retry-after"));
     assert_problem(repeat, 409, "idempotency_in_progress").await;
     assert_eq!(count_users(&app).await, 0);
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(claim.lock)
-        .execute(&mut running)
-        .await
-        .unwrap();
+    running.release().await;
     create_keyed(&app.client, KEY, "ada@example.com")
         .await
         .assert_status(StatusCode::CREATED);
@@ -454,25 +467,9 @@ async fn a_keyed_update_that_writes_nothing_says_why() {
         name: Some("Ada Lovelace".into()),
     };
     let precondition = api::users::repository::Precondition::OneOf(vec![1]);
-    let key = IdempotencyKey::parse(KEY.to_owned()).unwrap();
-    let claim = KeyClaim::new(
-        &Principal::Client(None),
-        &key,
-        &changes.keyed(id, &precondition),
-        Duration::from_secs(1),
-    );
-    let mut running = PgConnection::connect(app.db.url()).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(claim.lock)
-        .execute(&mut running)
-        .await
-        .unwrap();
+    let running = HeldKeyLock::take(app.db.url(), &changes.keyed(id, &precondition)).await;
     assert_problem(patch("\"1\"", id).await, 409, "idempotency_in_progress").await;
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(claim.lock)
-        .execute(&mut running)
-        .await
-        .unwrap();
+    running.release().await;
     let now = body(app.client.get(format!("/api/v1/users/{id}")).send().await).await;
     assert_eq!(now, user, "unchanged");
     assert_problem(patch("\"7\"", id).await, 412, "version_mismatch").await;
