@@ -413,7 +413,7 @@ pub mod statements {
 
     /// [`insert`] as one row selected under the key's lock, returning the user ([`keyed`];
     /// each value cast, as a SELECT list gives the server no column to infer its type from).
-    pub fn insert_unclaimed(user: &users::Model, claim: &KeyClaim) -> InsertStatement {
+    pub fn insert_under_key_lock(user: &users::Model, claim: &KeyClaim) -> InsertStatement {
         let mut row = Query::select();
         for column in Column::iter() {
             let value = user.get(column);
@@ -432,7 +432,7 @@ pub mod statements {
     }
 
     /// [`update_returning`] under the key's lock ([`keyed`]).
-    pub fn update_unclaimed(
+    pub fn update_under_key_lock(
         id: Uuid,
         changes: UserChanges,
         versions: Option<Vec<i64>>,
@@ -445,9 +445,9 @@ pub mod statements {
     }
 
     /// A keyed write as one statement (PostgreSQL), so its key commits with it or not at all:
-    /// `write` (under the key's lock: [`insert_unclaimed`], [`update_unclaimed`]) and the key
-    /// with the user written, in `idempotency_keys`. Returns that user; no row when it wrote
-    /// nothing.
+    /// `write` (under the key's lock: [`insert_under_key_lock`], [`update_under_key_lock`])
+    /// and the key with the user written, in `idempotency_keys`. Returns that user; no row
+    /// when it wrote nothing.
     ///
     /// No probe for the key's answer first: a repeat is rare, and meets the key's unique index
     /// (or the email's, or an `If-Match` it no longer matches) and writes nothing; its answer
@@ -788,7 +788,7 @@ impl UserRepository {
         claim: &KeyClaim,
         write: &Write,
     ) -> Result<Option<Written>, RepoError> {
-        let statement = statements::keyed(write.unclaimed(claim), claim);
+        let statement = statements::keyed(write.under_key_lock(claim), claim);
         let written = self
             .users(write.operation(), &statement, Freshness::Latest)
             .await?;
@@ -1023,16 +1023,16 @@ impl Write {
     }
 
     /// PostgreSQL's form under a key: under its lock, returning the user written.
-    fn unclaimed(&self, claim: &KeyClaim) -> Statement {
+    fn under_key_lock(&self, claim: &KeyClaim) -> Statement {
         let backend = DbBackend::Postgres;
         match self {
-            Write::Create(user) => backend.build(&statements::insert_unclaimed(user, claim)),
+            Write::Create(user) => backend.build(&statements::insert_under_key_lock(user, claim)),
             Write::Update {
                 id,
                 changes,
                 versions,
                 now,
-            } => backend.build(&statements::update_unclaimed(
+            } => backend.build(&statements::update_under_key_lock(
                 *id,
                 changes.clone(),
                 versions.clone(),
