@@ -117,9 +117,13 @@ impl Precondition {
     }
 
     fn admits(&self, version: i64) -> bool {
-        self.versions()
-            .is_none_or(|versions| versions.contains(&version))
+        admits(self.versions(), version)
     }
+}
+
+/// Whether a write conditioned on `versions` (`None`: any) may write `version`.
+fn admits(versions: Option<&[i64]>, version: i64) -> bool {
+    versions.is_none_or(|versions| versions.contains(&version))
 }
 
 pub struct ListQuery {
@@ -805,11 +809,7 @@ impl UserRepository {
         };
         match self.version_now(*id).await? {
             None => Err(record_not_found(Operation::UserVersion).into()),
-            Some(version)
-                if versions
-                    .as_ref()
-                    .is_none_or(|admitted| admitted.contains(&version)) =>
-            {
+            Some(version) if admits(versions.as_deref(), version) => {
                 Err(RepoError::IdempotencyInProgress)
             }
             Some(_) => Err(RepoError::VersionMismatch),
