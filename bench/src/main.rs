@@ -157,9 +157,7 @@ async fn main() -> Result<()> {
                 seed_both(&common).await?;
             }
             let report = measure(&common, &run).await?;
-            report::write(&run.out, &report)?;
-            eprintln!("wrote {}", run.out.join("RESULTS.md").display());
-            Ok(())
+            report::write(&run.out, &report)
         }
         Command::Smoke {
             binary,

@@ -113,7 +113,6 @@ pub fn save(out: &Path, name: &str, text: &str) -> Result<()> {
 }
 
 pub fn write(out: &Path, report: &Report) -> Result<()> {
-    std::fs::create_dir_all(out)?;
     let mut md = String::new();
     header(&mut md, report)?;
     configuration_tables(&mut md, report)?;
@@ -148,7 +147,7 @@ pub fn write(out: &Path, report: &Report) -> Result<()> {
         md,
         "![requests per second by configuration and scenario](results.svg)"
     )?;
-    std::fs::write(out.join("RESULTS.md"), md)?;
+    save(out, "RESULTS.md", &md)?;
     chart(&out.join("results.svg"), report)
 }
 

@@ -65,8 +65,7 @@ pub(crate) async fn soak(
     for (at, rss) in &samples {
         md.push_str(&format!("| {at} | {rss:.1} |\n"));
     }
-    std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("SOAK.md"), &md)?;
+    crate::report::save(out, "SOAK.md", &md)?;
     println!("{md}");
     Ok(())
 }

@@ -23,10 +23,7 @@ struct Run {
 
 /// Writes `bench/SUMMARY.md` from the results under `bench/`.
 pub fn write(bench: &Path) -> Result<()> {
-    let path = bench.join("SUMMARY.md");
-    std::fs::write(&path, summarize(bench)?)?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    crate::report::save(bench, "SUMMARY.md", &summarize(bench)?)
 }
 
 pub fn summarize(bench: &Path) -> Result<String> {
